@@ -1,0 +1,1 @@
+//! Topic Name and Topic Filter rules. (Stub until the decoder lands.)

@@ -1,0 +1,1 @@
+//! CoreMQ per-core engine.

@@ -1,0 +1,1 @@
+//! CoreMQ durability: the message log and the `Store` trait behind it.
