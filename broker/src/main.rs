@@ -1,1 +1,97 @@
-fn main() {}
+//! The `coremq` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use coremq::config::{Config, LimitsConfig, Overrides};
+use tracing::error;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// CoreMQ, a thread-per-core MQTT 5.0 and 3.1.1 broker.
+///
+/// With no options it listens on 0.0.0.0:1883 with one shard per CPU.
+/// Log verbosity follows RUST_LOG (default `info`).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file; command-line options override its values.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// TCP address to listen on, such as 127.0.0.1:1883 (port 0 picks a
+    /// free port); repeatable; replaces the listeners of the config file.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Executors to run, one per core [default: every CPU the process may use].
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Connections accepted at once over all listeners [default: 100000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u64>,
+    /// Largest packet accepted, in bytes, fixed header included [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<u64>,
+    /// Receive Maximum announced to clients [default: 1024].
+    #[arg(long, value_name = "N")]
+    receive_maximum: Option<u64>,
+    /// Topic Alias Maximum announced to clients; 0 turns inbound aliases off [default: 64].
+    #[arg(long, value_name = "N")]
+    topic_alias_maximum: Option<u64>,
+    /// Messages queued per session beyond its in-flight window [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_queued_messages: Option<u64>,
+    /// What to drop when a session queue is full: drop-oldest or drop-new [default: drop-oldest].
+    #[arg(long, value_name = "POLICY")]
+    queue_drop_policy: Option<String>,
+    /// Largest keep alive granted, in seconds [default: 65535].
+    #[arg(long, value_name = "SECS")]
+    max_keep_alive: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        shards: cli.shards,
+        limits: LimitsConfig {
+            max_connections: cli.max_connections,
+            max_packet_size: cli.max_packet_size,
+            receive_maximum: cli.receive_maximum,
+            topic_alias_maximum: cli.topic_alias_maximum,
+            max_queued_messages: cli.max_queued_messages,
+            queue_drop_policy: cli.queue_drop_policy,
+            max_keep_alive: cli.max_keep_alive,
+            ..Default::default()
+        },
+    };
+    let config = match Config::load(cli.config.as_deref(), overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            error!(%error, "invalid configuration");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), shards = config.shards, "starting coremq");
+    match coremq::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!(%error, "broker stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,350 @@
+//! Broker configuration: a TOML file, overridden by command-line flags.
+//!
+//! Every field has a default, so `coremq` runs with no file at all. Values
+//! are checked once at load; an error names the key and how to fix it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use coremq_shard::{DropPolicy, Limits};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Largest Receive Maximum and Topic Alias Maximum the protocol can carry.
+const MAX_U16_SETTING: u64 = u16::MAX as u64;
+
+/// Smallest Maximum Packet Size that still fits a CONNECT with a short
+/// client id and a few properties.
+const MIN_PACKET_SIZE: u32 = 64;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Transport of a listener.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Tcp,
+}
+
+impl std::fmt::Display for ListenerProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenerProtocol::Tcp => f.write_str("tcp"),
+        }
+    }
+}
+
+/// One listening socket.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to bind, such as `0.0.0.0:1883`; port 0 picks a free port.
+    pub address: SocketAddr,
+    /// Transport; default `tcp`.
+    #[serde(default = "default_protocol")]
+    pub protocol: ListenerProtocol,
+}
+
+fn default_protocol() -> ListenerProtocol {
+    ListenerProtocol::Tcp
+}
+
+/// Limits section of the config file; every field optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsConfig {
+    /// Connections accepted at once over all listeners; default 100,000.
+    pub max_connections: Option<u64>,
+    /// Largest packet accepted, in bytes, fixed header included; default 1 MiB.
+    pub max_packet_size: Option<u64>,
+    /// Receive Maximum announced to clients; default 1,024.
+    pub receive_maximum: Option<u64>,
+    /// Topic Alias Maximum announced to clients; default 64.
+    pub topic_alias_maximum: Option<u64>,
+    /// Messages queued per session beyond its in-flight window; default 1,000.
+    pub max_queued_messages: Option<u64>,
+    /// `drop-oldest` (default) or `drop-new`, when a session queue is full.
+    pub queue_drop_policy: Option<String>,
+    /// Largest keep alive granted, in seconds; default 65,535.
+    pub max_keep_alive: Option<u64>,
+    /// Largest Session Expiry Interval granted, in seconds; default no limit.
+    pub max_session_expiry: Option<u64>,
+    /// Bytes buffered per socket before QoS 0 messages to it are dropped;
+    /// default 8 MiB.
+    pub max_output_buffer: Option<u64>,
+}
+
+/// The config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    /// Executors (one per core); default: one per CPU the process may use.
+    pub shards: Option<usize>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Settings from the command line that override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Vec<SocketAddr>,
+    pub shards: Option<usize>,
+    pub limits: LimitsConfig,
+}
+
+/// Checked configuration the broker runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub shards: usize,
+    pub listeners: Vec<ListenerConfig>,
+    pub limits: Limits,
+    pub max_connections: usize,
+}
+
+/// Default TCP listener when neither the file nor the command line names one.
+pub const DEFAULT_TCP_ADDRESS: &str = "0.0.0.0:1883";
+
+impl Config {
+    /// Loads `path` (if any), applies `overrides` and checks every value.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error naming the file or the key that is wrong.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|error| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: error.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::from_parts(file, overrides)
+    }
+
+    fn from_parts(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigError> {
+        let shards = overrides.shards.or(file.shards).unwrap_or_else(available_cpus);
+        if shards == 0 || shards > 64 {
+            return Err(ConfigError::Invalid {
+                key: "shards",
+                message: format!("{shards} is out of range; use 1 to 64 (one per core)"),
+            });
+        }
+
+        let listeners = if !overrides.listen.is_empty() {
+            overrides
+                .listen
+                .iter()
+                .map(|address| ListenerConfig {
+                    address: *address,
+                    protocol: ListenerProtocol::Tcp,
+                })
+                .collect()
+        } else if !file.listeners.is_empty() {
+            file.listeners
+        } else {
+            vec![ListenerConfig {
+                address: DEFAULT_TCP_ADDRESS.parse().expect("the default address is valid"),
+                protocol: ListenerProtocol::Tcp,
+            }]
+        };
+
+        let limits = merge_limits(file.limits, overrides.limits);
+        let defaults = Limits::default();
+        let max_packet_size = checked(
+            "limits.max-packet-size",
+            limits.max_packet_size,
+            u64::from(defaults.max_packet_size),
+            u64::from(MIN_PACKET_SIZE),
+            u64::from(coremq_codec::MAX_PACKET_SIZE),
+        )? as u32;
+        let receive_maximum = checked(
+            "limits.receive-maximum",
+            limits.receive_maximum,
+            u64::from(defaults.receive_maximum),
+            1,
+            MAX_U16_SETTING,
+        )? as u16;
+        let topic_alias_maximum = checked(
+            "limits.topic-alias-maximum",
+            limits.topic_alias_maximum,
+            u64::from(defaults.topic_alias_maximum),
+            0,
+            MAX_U16_SETTING,
+        )? as u16;
+        let max_queued_messages = checked(
+            "limits.max-queued-messages",
+            limits.max_queued_messages,
+            defaults.max_queued_messages as u64,
+            0,
+            u64::from(u32::MAX),
+        )? as usize;
+        let max_keep_alive = checked(
+            "limits.max-keep-alive",
+            limits.max_keep_alive,
+            u64::from(defaults.max_keep_alive),
+            1,
+            MAX_U16_SETTING,
+        )? as u16;
+        let max_session_expiry = checked(
+            "limits.max-session-expiry",
+            limits.max_session_expiry,
+            u64::from(defaults.max_session_expiry),
+            0,
+            u64::from(u32::MAX),
+        )? as u32;
+        let max_output_buffer = checked(
+            "limits.max-output-buffer",
+            limits.max_output_buffer,
+            defaults.max_output_buffer as u64,
+            4096,
+            u64::from(u32::MAX),
+        )? as usize;
+        let max_connections = checked("limits.max-connections", limits.max_connections, 100_000, 1, u64::from(u32::MAX))? as usize;
+        let queue_drop_policy = match limits.queue_drop_policy.as_deref() {
+            None | Some("drop-oldest") => DropPolicy::DropOldest,
+            Some("drop-new") => DropPolicy::DropNew,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "limits.queue-drop-policy",
+                    message: format!("{other:?} is not a policy; use \"drop-oldest\" or \"drop-new\""),
+                })
+            }
+        };
+
+        Ok(Config {
+            shards,
+            listeners,
+            limits: Limits {
+                receive_maximum,
+                topic_alias_maximum,
+                max_packet_size,
+                max_queued_messages,
+                queue_drop_policy,
+                max_keep_alive,
+                max_session_expiry,
+                max_output_buffer,
+            },
+            max_connections,
+        })
+    }
+}
+
+fn merge_limits(file: LimitsConfig, cli: LimitsConfig) -> LimitsConfig {
+    LimitsConfig {
+        max_connections: cli.max_connections.or(file.max_connections),
+        max_packet_size: cli.max_packet_size.or(file.max_packet_size),
+        receive_maximum: cli.receive_maximum.or(file.receive_maximum),
+        topic_alias_maximum: cli.topic_alias_maximum.or(file.topic_alias_maximum),
+        max_queued_messages: cli.max_queued_messages.or(file.max_queued_messages),
+        queue_drop_policy: cli.queue_drop_policy.or(file.queue_drop_policy),
+        max_keep_alive: cli.max_keep_alive.or(file.max_keep_alive),
+        max_session_expiry: cli.max_session_expiry.or(file.max_session_expiry),
+        max_output_buffer: cli.max_output_buffer.or(file.max_output_buffer),
+    }
+}
+
+fn checked(key: &'static str, value: Option<u64>, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let value = value.unwrap_or(default);
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!("{value} is out of range; use {min} to {max}"),
+        });
+    }
+    Ok(value)
+}
+
+/// CPUs this process may run on (its affinity mask), at least 1.
+pub fn available_cpus() -> usize {
+    allowed_cpus().len().max(1)
+}
+
+/// The CPU numbers in this process's affinity mask, in ascending order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills in; a
+    // zeroed cpu_set_t is its documented empty value.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_file() {
+        let config = Config::from_parts(FileConfig::default(), Overrides::default()).expect("defaults are valid");
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].address.port(), 1883);
+        assert_eq!(config.limits.receive_maximum, 1024);
+        assert!(config.shards >= 1);
+    }
+
+    #[test]
+    fn file_values_and_overrides() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            shards = 2
+            [[listeners]]
+            address = "127.0.0.1:1999"
+            [limits]
+            receive-maximum = 10
+            queue-drop-policy = "drop-new"
+            "#,
+        )
+        .expect("valid toml");
+        let overrides = Overrides {
+            limits: LimitsConfig {
+                receive_maximum: Some(20),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let config = Config::from_parts(file, overrides).expect("valid config");
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.listeners[0].address.port(), 1999);
+        assert_eq!(config.limits.receive_maximum, 20);
+        assert_eq!(config.limits.queue_drop_policy, DropPolicy::DropNew);
+    }
+
+    #[test]
+    fn out_of_range_names_key() {
+        let file: FileConfig = toml::from_str("[limits]\nreceive-maximum = 0\n").expect("valid toml");
+        let error = Config::from_parts(file, Overrides::default()).expect_err("0 is invalid");
+        let message = error.to_string();
+        assert!(message.contains("limits.receive-maximum"), "{message}");
+        assert!(message.contains("use 1 to 65535"), "{message}");
+    }
+
+    #[test]
+    fn unknown_key_rejected() {
+        let error = toml::from_str::<FileConfig>("[limits]\nrecieve-maximum = 5\n").expect_err("typo");
+        assert!(error.to_string().contains("recieve-maximum"));
+    }
+}

@@ -1,0 +1,403 @@
+//! One client connection: reads the CONNECT, moves the connection to the
+//! shard that owns its session, then runs a reader loop that decodes
+//! packets for the shard engine and a writer task that flushes the
+//! connection's output buffer in one write per wake-up.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use coremq_codec::{
+    decode, encode, ConnAck, Connect, DecodeContext, DecodeError, Packet, Properties, Protocol,
+    Publish, ReasonCode, MAX_PACKET_SIZE,
+};
+use coremq_shard::{owner_shard, CloseRequest, Conn, Handoff, Shard, ShardMsg};
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+
+/// Time a new connection has to send its CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes read from a socket per read call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// State shared by the connections of one shard.
+#[derive(Clone)]
+pub struct ConnectionContext {
+    shard: Shard,
+    config: Rc<Config>,
+    /// Open connections over all shards, for `max-connections`.
+    connections: Arc<AtomicUsize>,
+    next_conn_id: Rc<Cell<u64>>,
+}
+
+impl ConnectionContext {
+    pub fn new(shard: Shard, config: Config, connections: Arc<AtomicUsize>) -> Self {
+        ConnectionContext {
+            shard,
+            config: Rc::new(config),
+            connections,
+            next_conn_id: Rc::new(Cell::new(1)),
+        }
+    }
+}
+
+/// A socket accepted by a listener or handed over by another shard.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub listener: usize,
+    /// Bytes already read by the shard that accepted the connection.
+    pub buffered: Vec<u8>,
+    pub assigned_client_id: Option<String>,
+}
+
+/// How a connection ended, for the log.
+#[derive(Debug)]
+enum Ending {
+    /// The peer closed the socket or it failed.
+    Closed(&'static str),
+    /// The broker closed it, with the reason code sent in DISCONNECT.
+    Server(Option<ReasonCode>),
+}
+
+/// Serves one connection until it closes.
+pub async fn serve(context: ConnectionContext, accepted: Accepted) {
+    let handed_over = !accepted.buffered.is_empty();
+    let open = context.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let over_limit = !handed_over && open > context.config.max_connections;
+    serve_counted(&context, accepted, over_limit).await;
+    context.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_limit: bool) {
+    let Accepted {
+        mut stream,
+        peer,
+        listener,
+        buffered,
+        assigned_client_id,
+    } = accepted;
+    let _ = stream.set_nodelay(true);
+    let limits = context.shard.limits();
+
+    // Read until one whole CONNECT is buffered.
+    let mut buffer = BytesMut::from(&buffered[..]);
+    let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
+    let pre_connect = DecodeContext {
+        protocol: Protocol::V5,
+        max_packet_size: limits.max_packet_size,
+        topic_alias_max: limits.topic_alias_maximum,
+    };
+    let mut scratch = vec![0u8; READ_CHUNK];
+    let connect = loop {
+        if buffer.first().is_some_and(|byte| byte >> 4 != 1) {
+            debug!(%peer, "first packet is not CONNECT; closing");
+            return;
+        }
+        let mut probe = buffer.clone();
+        match decode(&mut probe, &pre_connect) {
+            Ok(Some(Packet::Connect(connect))) => break *connect,
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(error) => {
+                reject_connect(&mut stream, &buffer, peer, &error).await;
+                return;
+            }
+        }
+        match stream.read(&mut scratch).await {
+            Ok(0) => return,
+            Ok(n) => buffer.extend_from_slice(&scratch[..n]),
+            Err(error) => {
+                debug!(%peer, %error, "connection closed before CONNECT");
+                return;
+            }
+        }
+    };
+
+    let protocol = connect.protocol;
+    if over_limit {
+        warn!(%peer, max = context.config.max_connections, "connection limit reached; rejecting");
+        send_connack(&mut stream, protocol, ReasonCode::QUOTA_EXCEEDED).await;
+        return;
+    }
+
+    // Pick the client identifier and the shard that owns its session.
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        if protocol == Protocol::V311 && !connect.clean_start {
+            // 3.1.1 allows an empty identifier only with a clean session.
+            send_connack(&mut stream, protocol, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+            return;
+        }
+        let id = assigned_client_id.unwrap_or_else(|| assign_client_id(&context.shard));
+        (id, true)
+    } else {
+        (connect.client_id.clone(), false)
+    };
+    let owner = owner_shard(&client_id, context.shard.shards());
+    if owner != context.shard.id() {
+        hand_over(context, stream, peer, listener, buffer, assigned.then_some(client_id), owner).await;
+        return;
+    }
+
+    let consumed = buffer.len() - {
+        let mut probe = buffer.clone();
+        let _ = decode(&mut probe, &pre_connect);
+        probe.len()
+    };
+    let _ = buffer.split_to(consumed);
+    run_session(context, stream, peer, buffer, connect, client_id.into(), assigned).await;
+}
+
+/// Answers a CONNECT that cannot be decoded, then lets the socket close.
+async fn reject_connect(stream: &mut TcpStream, buffer: &[u8], peer: SocketAddr, error: &DecodeError) {
+    warn!(%peer, %error, "invalid CONNECT");
+    let reason = error.reason_code();
+    match (error, connect_level(buffer)) {
+        (DecodeError::UnsupportedProtocol { level, .. }, _) => {
+            // A client of another version reads a CONNACK in its own format:
+            // 3.1.1's return code 1 or 5.0's reason code 0x84.
+            let protocol = if *level >= 5 { Protocol::V5 } else { Protocol::V311 };
+            send_connack(stream, protocol, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION).await;
+        }
+        (_, Some(5)) => send_connack(stream, Protocol::V5, reason).await,
+        // 3.1.1 has no return code for a malformed CONNECT: just close.
+        _ => {}
+    }
+}
+
+/// Protocol level byte of a CONNECT, read without decoding the packet.
+fn connect_level(buffer: &[u8]) -> Option<u8> {
+    let mut index = 1;
+    while *buffer.get(index)? & 0x80 != 0 {
+        index += 1;
+        if index > 4 {
+            return None;
+        }
+    }
+    let name_len = usize::from(u16::from_be_bytes([*buffer.get(index + 1)?, *buffer.get(index + 2)?]));
+    buffer.get(index + 3 + name_len).copied()
+}
+
+async fn send_connack(stream: &mut TcpStream, protocol: Protocol, reason: ReasonCode) {
+    let mut out = BytesMut::new();
+    encode(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason,
+            properties: Properties::default(),
+        }),
+        protocol,
+        &mut out,
+    );
+    let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
+}
+
+/// Makes a client identifier whose session this shard owns, so the
+/// connection needs no handoff.
+fn assign_client_id(shard: &Shard) -> String {
+    loop {
+        let id = format!("coremq-{:016x}", rand::random::<u64>());
+        if owner_shard(&id, shard.shards()) == shard.id() {
+            return id;
+        }
+    }
+}
+
+/// Moves the connection to `owner`: the socket (as a duplicated
+/// descriptor) and every byte read so far.
+async fn hand_over(
+    context: &ConnectionContext,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    buffer: BytesMut,
+    assigned_client_id: Option<String>,
+    owner: usize,
+) {
+    // SAFETY: `stream` owns a valid descriptor; dup gives the owner shard a
+    // descriptor of its own for the same socket before ours is closed.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    drop(stream);
+    if fd < 0 {
+        warn!(%peer, error = %std::io::Error::last_os_error(), "cannot duplicate socket for handoff; closing");
+        return;
+    }
+    let handoff = Handoff {
+        fd,
+        buffered: buffer.to_vec(),
+        peer,
+        listener,
+        assigned_client_id,
+    };
+    context.shard.send_to(owner, ShardMsg::Handoff(handoff)).await;
+}
+
+async fn run_session(
+    context: &ConnectionContext,
+    stream: TcpStream,
+    peer: SocketAddr,
+    buffer: BytesMut,
+    connect: Connect,
+    client_id: Arc<str>,
+    assigned: bool,
+) {
+    let shard = &context.shard;
+    let limits = shard.limits();
+    let protocol = connect.protocol;
+    let (max_packet_size, topic_alias_max) = if protocol == Protocol::V5 {
+        (
+            connect.properties.maximum_packet_size.unwrap_or(MAX_PACKET_SIZE),
+            connect.properties.topic_alias_maximum.unwrap_or(0),
+        )
+    } else {
+        (MAX_PACKET_SIZE, 0)
+    };
+    let conn_id = context.next_conn_id.get();
+    context.next_conn_id.set(conn_id + 1);
+    let conn = Rc::new(Conn::new(
+        conn_id,
+        protocol,
+        peer,
+        max_packet_size,
+        topic_alias_max,
+        limits.max_output_buffer,
+    ));
+
+    let (reader, writer) = futures_lite::io::split(stream);
+    let writer_task = glommio::spawn_local(write_loop(conn.clone(), writer));
+
+    let outcome = shard.connect(conn.clone(), connect, client_id.clone(), assigned).await;
+    if outcome.reason.is_error() {
+        conn.request_close(CloseRequest { reason: None });
+        writer_task.await;
+        return;
+    }
+
+    let keep_alive = (outcome.keep_alive > 0).then(|| Duration::from_millis(u64::from(outcome.keep_alive) * 1500));
+    let ending = read_loop(context, &conn, &client_id, reader, buffer, keep_alive).await;
+    match ending {
+        Ending::Server(reason) => conn.request_close(CloseRequest { reason }),
+        Ending::Closed(_) => conn.request_close(CloseRequest { reason: None }),
+    }
+    shard.disconnected(&conn, &client_id, true).await;
+    writer_task.await;
+    info!(client_id = %client_id, %peer, ending = ?ending, "disconnected");
+}
+
+async fn read_loop(
+    context: &ConnectionContext,
+    conn: &Rc<Conn>,
+    client_id: &Arc<str>,
+    mut reader: ReadHalf<TcpStream>,
+    mut buffer: BytesMut,
+    keep_alive: Option<Duration>,
+) -> Ending {
+    let limits = context.shard.limits();
+    let decode_context = DecodeContext {
+        protocol: conn.protocol,
+        max_packet_size: limits.max_packet_size,
+        topic_alias_max: limits.topic_alias_maximum,
+    };
+    let mut aliases: HashMap<u16, String> = HashMap::new();
+    let mut scratch = vec![0u8; READ_CHUNK];
+    loop {
+        loop {
+            let packet = match decode(&mut buffer, &decode_context) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(error) => {
+                    warn!(client_id = %client_id, peer = %conn.peer, %error, "protocol violation; closing");
+                    return Ending::Server(Some(error.reason_code()));
+                }
+            };
+            let packet = match packet {
+                Packet::Publish(publish) => match resolve_alias(&mut aliases, publish) {
+                    Ok(publish) => Packet::Publish(publish),
+                    Err(reason) => {
+                        warn!(client_id = %client_id, peer = %conn.peer, "PUBLISH with an empty topic and no known topic alias; closing");
+                        return Ending::Server(Some(reason));
+                    }
+                },
+                other => other,
+            };
+            if let Err(close) = context.shard.handle_packet(conn, client_id, packet).await {
+                return Ending::Server(close.reason);
+            }
+        }
+
+        let read = async {
+            let read = reader.read(&mut scratch);
+            match keep_alive {
+                Some(limit) => match glommio::timer::timeout(limit, async { Ok(read.await) }).await {
+                    Ok(result) => ReadEvent::Data(result),
+                    Err(_) => ReadEvent::TimedOut,
+                },
+                None => ReadEvent::Data(read.await),
+            }
+        };
+        let closed = async { ReadEvent::CloseRequested(conn.closed().await) };
+        match future::or(read, closed).await {
+            ReadEvent::Data(Ok(0)) => return Ending::Closed("eof"),
+            ReadEvent::Data(Ok(n)) => buffer.extend_from_slice(&scratch[..n]),
+            ReadEvent::Data(Err(_)) => return Ending::Closed("read error"),
+            ReadEvent::TimedOut => {
+                info!(client_id = %client_id, peer = %conn.peer, "keep alive timed out");
+                return Ending::Server(Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
+            }
+            ReadEvent::CloseRequested(request) => return Ending::Server(request.reason),
+        }
+    }
+}
+
+/// What ended one wait of the reader.
+enum ReadEvent {
+    Data(std::io::Result<usize>),
+    TimedOut,
+    CloseRequested(CloseRequest),
+}
+
+/// Replaces a PUBLISH's Topic Alias by its topic, recording new mappings.
+fn resolve_alias(aliases: &mut HashMap<u16, String>, mut publish: Publish) -> Result<Publish, ReasonCode> {
+    let Some(alias) = publish.properties.topic_alias else {
+        return Ok(publish);
+    };
+    if publish.topic.is_empty() {
+        match aliases.get(&alias) {
+            Some(topic) => publish.topic = topic.clone(),
+            None => return Err(ReasonCode::PROTOCOL_ERROR),
+        }
+    } else {
+        aliases.insert(alias, publish.topic.clone());
+    }
+    Ok(publish)
+}
+
+/// Flushes the connection's output whenever there is some, then sends the
+/// final DISCONNECT (if any) and shuts the socket down once a close is
+/// requested.
+async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<TcpStream>) {
+    loop {
+        conn.ready().await;
+        let output = conn.take_output();
+        if !output.is_empty() && writer.write_all(&output).await.is_err() {
+            conn.request_close(CloseRequest { reason: None });
+            break;
+        }
+        if conn.close_requested().is_some() && conn.output_is_empty() {
+            break;
+        }
+    }
+    let _ = writer.close().await;
+}

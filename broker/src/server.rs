@@ -1,0 +1,221 @@
+//! Start-up: binds the listeners, starts one pinned glommio executor per
+//! shard, joins them into the channel mesh, and runs each shard's accept
+//! loops and mesh receivers.
+
+use std::net::SocketAddr;
+use std::os::unix::io::{FromRawFd, IntoRawFd, RawFd};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use futures_lite::StreamExt;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+use tracing::{error, info, warn, Instrument};
+
+use coremq_shard::{Shard, ShardMsg};
+
+use crate::config::{allowed_cpus, Config, ListenerProtocol};
+use crate::connection::{self, Accepted, ConnectionContext};
+
+/// Capacity of each shard-to-shard channel, in messages. Large enough that
+/// a burst of publishes to another shard rarely waits, small enough that a
+/// stalled shard pushes back on publishers instead of growing memory.
+const MESH_CHANNEL_CAPACITY: usize = 4096;
+
+/// Memory each executor registers with io_uring for buffered file I/O. The
+/// broker does no file I/O through glommio, and registered memory counts
+/// against RLIMIT_MEMLOCK (often 8 MiB), so keep it at glommio's minimum.
+const EXECUTOR_IO_MEMORY: usize = 64 * 1024;
+
+/// Pending connections the kernel queues per listening socket.
+const LISTEN_BACKLOG: i32 = 1024;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {address}: {source}; check that no other process uses the port and that the address belongs to this machine")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start executor for shard {shard}: {message}")]
+    Executor { shard: usize, message: String },
+}
+
+/// A listener's sockets: one per shard, all bound to the same address with
+/// SO_REUSEPORT so the kernel spreads new connections over the shards.
+struct BoundListener {
+    index: usize,
+    protocol: ListenerProtocol,
+    address: SocketAddr,
+    fds: Vec<RawFd>,
+}
+
+/// Binds every listener once per shard. Port 0 is resolved by the first
+/// socket, and the others bind the port it got.
+fn bind_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
+    let mut bound = Vec::new();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let mut address = listener.address;
+        let mut fds = Vec::with_capacity(config.shards);
+        for _ in 0..config.shards {
+            let socket = bind_reuseport(address).map_err(|source| ServerError::Bind { address, source })?;
+            if address.port() == 0 {
+                address = socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .ok_or(ServerError::Bind {
+                        address,
+                        source: std::io::Error::other("bound socket has no local address"),
+                    })?;
+            }
+            fds.push(socket.into_raw_fd());
+        }
+        bound.push(BoundListener {
+            index,
+            protocol: listener.protocol,
+            address,
+            fds,
+        });
+    }
+    Ok(bound)
+}
+
+fn bind_reuseport(address: SocketAddr) -> std::io::Result<Socket> {
+    let domain = if address.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// Runs the broker until every shard stops.
+///
+/// # Errors
+///
+/// Returns an error when a listener cannot be bound or an executor cannot
+/// be started.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let listeners = bind_listeners(&config)?;
+    for listener in &listeners {
+        info!(protocol = %listener.protocol, addr = %listener.address, "listening");
+    }
+
+    let cpus = allowed_cpus();
+    let mesh = MeshBuilder::<ShardMsg, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
+    let connections = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::with_capacity(config.shards);
+    for shard_index in 0..config.shards {
+        let cpu = cpus[shard_index % cpus.len()];
+        let mesh = mesh.clone();
+        let config = config.clone();
+        let connections = connections.clone();
+        let fds: Vec<(usize, SocketAddr, RawFd)> = listeners
+            .iter()
+            .map(|l| (l.index, l.address, l.fds[shard_index]))
+            .collect();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("coremq-shard-{shard_index}"))
+            .io_memory(EXECUTOR_IO_MEMORY)
+            .spawn(move || async move { shard_main(mesh, config, fds, connections).await })
+            .map_err(|error| ServerError::Executor {
+                shard: shard_index,
+                message: error.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    for handle in handles {
+        if let Err(error) = handle.join() {
+            error!(%error, "shard executor failed");
+        }
+    }
+    Ok(())
+}
+
+async fn shard_main(
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    config: Config,
+    listeners: Vec<(usize, SocketAddr, RawFd)>,
+    connections: Arc<AtomicUsize>,
+) {
+    let (senders, mut receivers) = mesh.join().await.expect("every shard joins the mesh at start-up");
+    let shard = Shard::new(senders, config.limits.clone());
+    shard.install();
+    let span = tracing::info_span!("shard", id = shard.id());
+    let context = ConnectionContext::new(shard.clone(), config.clone(), connections);
+
+    for (peer, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        let context = context.clone();
+        glommio::spawn_local(
+            async move {
+                while let Some(msg) = receiver.recv().await {
+                    match msg {
+                        ShardMsg::Handoff(handoff) => {
+                            // SAFETY: the sending shard gave up this descriptor
+                            // (it sent a dup and closed its own), so it is ours.
+                            let stream = unsafe { TcpStream::from_raw_fd(handoff.fd) };
+                            let accepted = Accepted {
+                                stream,
+                                peer: handoff.peer,
+                                listener: handoff.listener,
+                                buffered: handoff.buffered,
+                                assigned_client_id: handoff.assigned_client_id,
+                            };
+                            let context = context.clone();
+                            glommio::spawn_local(connection::serve(context, accepted).in_current_span()).detach();
+                        }
+                        other => shard.handle_mesh_message(other),
+                    }
+                }
+                warn!(peer, "mesh channel closed");
+            }
+            .instrument(span.clone()),
+        )
+        .detach();
+    }
+
+    let mut accept_loops = Vec::new();
+    for (index, address, fd) in listeners {
+        // SAFETY: `fd` is a bound, listening socket created for this shard
+        // by `bind_listeners` and handed over to this executor alone.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        let context = context.clone();
+        accept_loops.push(glommio::spawn_local(
+            async move {
+                let mut incoming = listener.incoming();
+                while let Some(stream) = incoming.next().await {
+                    match stream {
+                        Ok(stream) => {
+                            let peer = match stream.peer_addr() {
+                                Ok(peer) => peer,
+                                Err(_) => continue,
+                            };
+                            let accepted = Accepted {
+                                stream,
+                                peer,
+                                listener: index,
+                                buffered: Vec::new(),
+                                assigned_client_id: None,
+                            };
+                            glommio::spawn_local(connection::serve(context.clone(), accepted).in_current_span()).detach();
+                        }
+                        Err(error) => {
+                            warn!(addr = %address, %error, "accept failed");
+                            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        ));
+    }
+    for accept_loop in accept_loops {
+        accept_loop.await;
+    }
+}

@@ -1,0 +1,212 @@
+//! The shard's side of one network connection.
+//!
+//! Sessions write encoded packets into a [`Conn`]'s output buffer; the
+//! connection's writer task (in the broker crate) drains the whole buffer in
+//! one write per wake-up, so deliveries that arrive together leave together.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use coremq_codec::{encode, encoded_len, Packet, Protocol, ReasonCode};
+
+/// Identifier of a connection, unique within its shard.
+pub type ConnId = u64;
+
+/// Why the broker is closing a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// Reason code of the DISCONNECT sent first (MQTT 5.0 only), or `None`
+    /// to close without one.
+    pub reason: Option<ReasonCode>,
+}
+
+/// Output side and negotiated limits of one connection.
+pub struct Conn {
+    pub id: ConnId,
+    pub protocol: Protocol,
+    pub peer: SocketAddr,
+    /// Largest packet the client accepts (its Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// Highest Topic Alias the client accepts; 0 when it takes none.
+    pub topic_alias_max: u16,
+    output: RefCell<BytesMut>,
+    waker: Cell<Option<Waker>>,
+    close_waker: Cell<Option<Waker>>,
+    close: Cell<Option<CloseRequest>>,
+    /// Aliases the broker assigned to topics on this connection.
+    outbound_aliases: RefCell<HashMap<String, u16>>,
+    /// Bytes buffered beyond which QoS 0 messages to this connection are
+    /// dropped rather than queued.
+    output_limit: usize,
+    dropped: Cell<u64>,
+}
+
+impl Conn {
+    pub fn new(
+        id: ConnId,
+        protocol: Protocol,
+        peer: SocketAddr,
+        max_packet_size: u32,
+        topic_alias_max: u16,
+        output_limit: usize,
+    ) -> Conn {
+        Conn {
+            id,
+            protocol,
+            peer,
+            max_packet_size,
+            topic_alias_max,
+            output: RefCell::new(BytesMut::with_capacity(4096)),
+            waker: Cell::new(None),
+            close_waker: Cell::new(None),
+            close: Cell::new(None),
+            outbound_aliases: RefCell::new(HashMap::new()),
+            output_limit,
+            dropped: Cell::new(0),
+        }
+    }
+
+    /// Encodes `packet` into the output buffer and wakes the writer.
+    /// Returns false, writing nothing, when the packet is larger than the
+    /// client's Maximum Packet Size.
+    pub fn send(&self, packet: &Packet) -> bool {
+        if self.close.get().is_some() {
+            return false;
+        }
+        if encoded_len(packet, self.protocol) > self.max_packet_size as usize {
+            return false;
+        }
+        encode(packet, self.protocol, &mut self.output.borrow_mut());
+        self.wake();
+        true
+    }
+
+    /// Returns true when the output buffer is over its limit, so that a QoS 0
+    /// message should be dropped instead of buffered.
+    pub fn is_congested(&self) -> bool {
+        self.output.borrow().len() >= self.output_limit
+    }
+
+    /// Counts one message dropped for this connection.
+    pub fn count_dropped(&self) {
+        self.dropped.set(self.dropped.get() + 1);
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
+    /// Looks up or assigns the outbound Topic Alias for `topic`. Returns the
+    /// alias and whether it is new (so the topic must be sent with it).
+    pub fn outbound_alias(&self, topic: &str) -> Option<(u16, bool)> {
+        if self.topic_alias_max == 0 {
+            return None;
+        }
+        let mut aliases = self.outbound_aliases.borrow_mut();
+        if let Some(alias) = aliases.get(topic) {
+            return Some((*alias, false));
+        }
+        let next = aliases.len() + 1;
+        if next > usize::from(self.topic_alias_max) {
+            return None;
+        }
+        let alias = next as u16;
+        aliases.insert(topic.to_owned(), alias);
+        Some((alias, true))
+    }
+
+    /// Asks the writer to flush what is buffered, send a DISCONNECT if the
+    /// request has a reason, and close. Later sends are discarded.
+    pub fn request_close(&self, request: CloseRequest) {
+        if self.close.get().is_none() {
+            if let (Some(reason), Protocol::V5) = (request.reason, self.protocol) {
+                let packet = Packet::Disconnect(coremq_codec::Disconnect {
+                    reason,
+                    properties: Default::default(),
+                });
+                encode(&packet, self.protocol, &mut self.output.borrow_mut());
+            }
+            self.close.set(Some(request));
+        }
+        self.wake();
+        if let Some(waker) = self.close_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits until a close is requested.
+    pub fn closed(self: &Rc<Self>) -> CloseRequested {
+        CloseRequested { conn: self.clone() }
+    }
+
+    /// Returns true when nothing is buffered for the socket.
+    pub fn output_is_empty(&self) -> bool {
+        self.output.borrow().is_empty()
+    }
+
+    /// The close request, once one was made.
+    pub fn close_requested(&self) -> Option<CloseRequest> {
+        self.close.get()
+    }
+
+    /// Takes everything buffered for the socket.
+    pub fn take_output(&self) -> BytesMut {
+        let mut output = self.output.borrow_mut();
+        let capacity = output.capacity().max(4096);
+        std::mem::replace(&mut *output, BytesMut::with_capacity(capacity))
+    }
+
+    /// Waits until there is output to write or a close was requested.
+    pub fn ready(self: &Rc<Self>) -> OutputReady {
+        OutputReady { conn: self.clone() }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Future returned by [`Conn::ready`].
+pub struct OutputReady {
+    conn: Rc<Conn>,
+}
+
+impl Future for OutputReady {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let conn = &self.conn;
+        if !conn.output.borrow().is_empty() || conn.close.get().is_some() {
+            return Poll::Ready(());
+        }
+        conn.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// Future returned by [`Conn::closed`].
+pub struct CloseRequested {
+    conn: Rc<Conn>,
+}
+
+impl Future for CloseRequested {
+    type Output = CloseRequest;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CloseRequest> {
+        match self.conn.close.get() {
+            Some(request) => Poll::Ready(request),
+            None => {
+                self.conn.close_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }
+    }
+}

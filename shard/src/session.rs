@@ -1,0 +1,316 @@
+//! Session state: subscriptions, the outbound QoS 1/2 window, the queue
+//! behind it, and the inbound QoS 2 exchanges not yet released.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use coremq_codec::{
+    PacketId, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
+    SubscriptionOptions, Will,
+};
+
+use crate::conn::Conn;
+use crate::message::Delivery;
+use crate::{DropPolicy, Limits};
+
+/// One subscription of a session.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundState {
+    /// QoS 1 PUBLISH sent, PUBACK awaited.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent, PUBREC awaited.
+    AwaitingPubRec,
+    /// PUBREL sent, PUBCOMP awaited.
+    AwaitingPubComp,
+}
+
+#[derive(Debug)]
+pub struct Outbound {
+    pub delivery: Delivery,
+    pub state: OutboundState,
+}
+
+/// What became of a message offered to a session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Sent,
+    Queued,
+    /// Dropped: expired, too large for the client, QoS 0 to an offline or
+    /// congested client, or pushed out of a full queue.
+    Dropped,
+}
+
+pub struct Session {
+    pub client_id: Arc<str>,
+    pub protocol: Protocol,
+    /// Bumped on every new connection, so timers armed for an earlier one
+    /// can tell they are stale.
+    pub generation: u64,
+    pub conn: Option<Rc<Conn>>,
+    /// Seconds the session lives on after its connection closes.
+    pub expiry_interval: u32,
+    /// Subscriptions by topic filter as the client sent it (shared ones
+    /// keep their `$share/group/` prefix).
+    pub subscriptions: HashMap<String, Subscription>,
+    /// Outbound QoS 1/2 messages in flight, by packet identifier.
+    pub inflight: BTreeMap<PacketId, Outbound>,
+    /// Messages waiting for room in the in-flight window or for the client
+    /// to come back.
+    pub queue: VecDeque<Delivery>,
+    next_packet_id: PacketId,
+    /// Inbound QoS 2 packet identifiers awaiting PUBREL.
+    pub incoming_qos2: HashSet<PacketId>,
+    pub will: Option<Will>,
+    /// The client's Receive Maximum: outbound QoS 1/2 messages in flight.
+    pub client_receive_maximum: u16,
+    /// Messages dropped from this session's queue since it was created.
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, protocol: Protocol) -> Session {
+        Session {
+            client_id,
+            protocol,
+            generation: 0,
+            conn: None,
+            expiry_interval: 0,
+            subscriptions: HashMap::new(),
+            inflight: BTreeMap::new(),
+            queue: VecDeque::new(),
+            next_packet_id: 1,
+            incoming_qos2: HashSet::new(),
+            will: None,
+            client_receive_maximum: u16::MAX,
+            dropped: 0,
+        }
+    }
+
+    /// Offers a message to the session: sends it now when connected and the
+    /// window allows, or queues it.
+    pub fn offer(&mut self, delivery: Delivery, limits: &Limits, now: Instant) -> Offer {
+        if delivery.publication.is_expired(now) {
+            return Offer::Dropped;
+        }
+        let Some(conn) = self.conn.clone() else {
+            if delivery.qos == QoS::AtMostOnce {
+                return Offer::Dropped;
+            }
+            return self.enqueue(delivery, limits);
+        };
+        if delivery.qos == QoS::AtMostOnce {
+            if conn.is_congested() {
+                conn.count_dropped();
+                return Offer::Dropped;
+            }
+            write_publish(&conn, &delivery, None, false, now);
+            return Offer::Sent;
+        }
+        if self.queue.is_empty() && self.has_window() {
+            self.send_new(&conn, delivery, now);
+            return Offer::Sent;
+        }
+        self.enqueue(delivery, limits)
+    }
+
+    fn enqueue(&mut self, delivery: Delivery, limits: &Limits) -> Offer {
+        if self.queue.len() >= limits.max_queued_messages {
+            self.dropped += 1;
+            match limits.queue_drop_policy {
+                DropPolicy::DropNew => return Offer::Dropped,
+                DropPolicy::DropOldest => {
+                    self.queue.pop_front();
+                }
+            }
+        }
+        self.queue.push_back(delivery);
+        Offer::Queued
+    }
+
+    fn has_window(&self) -> bool {
+        self.inflight.len() < usize::from(self.client_receive_maximum)
+    }
+
+    /// Sends queued messages while the in-flight window has room.
+    pub fn pump(&mut self, now: Instant) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        while self.has_window() {
+            let Some(delivery) = self.queue.pop_front() else {
+                break;
+            };
+            if delivery.publication.is_expired(now) {
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                write_publish(&conn, &delivery, None, false, now);
+            } else {
+                self.send_new(&conn, delivery, now);
+            }
+        }
+    }
+
+    fn send_new(&mut self, conn: &Conn, delivery: Delivery, now: Instant) {
+        let packet_id = self.allocate_packet_id();
+        let written = write_publish(conn, &delivery, Some(packet_id), false, now);
+        if !written {
+            // Too large for the client, or expired: behave as if it was
+            // sent and acknowledged, so the window does not fill up.
+            return;
+        }
+        let state = if delivery.qos == QoS::AtLeastOnce {
+            OutboundState::AwaitingPubAck
+        } else {
+            OutboundState::AwaitingPubRec
+        };
+        self.inflight.insert(packet_id, Outbound { delivery, state });
+    }
+
+    fn allocate_packet_id(&mut self) -> PacketId {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == PacketId::MAX { 1 } else { id + 1 };
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Re-sends every in-flight message after a reconnect: PUBLISH with DUP
+    /// set, or PUBREL for QoS 2 exchanges past PUBREC.
+    pub fn resend_inflight(&mut self, now: Instant) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let mut finished = Vec::new();
+        for (packet_id, outbound) in &self.inflight {
+            match outbound.state {
+                OutboundState::AwaitingPubComp => {
+                    conn.send(&pubresp(Packet::PubRel, *packet_id, ReasonCode::SUCCESS));
+                }
+                _ => {
+                    if !write_publish(&conn, &outbound.delivery, Some(*packet_id), true, now) {
+                        finished.push(*packet_id);
+                    }
+                }
+            }
+        }
+        for packet_id in finished {
+            self.inflight.remove(&packet_id);
+        }
+    }
+
+    /// Handles PUBACK; returns false when no QoS 1 message awaited it.
+    pub fn on_puback(&mut self, packet_id: PacketId, now: Instant) -> bool {
+        match self.inflight.get(&packet_id) {
+            Some(outbound) if outbound.state == OutboundState::AwaitingPubAck => {
+                self.inflight.remove(&packet_id);
+                self.pump(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Handles PUBREC: answers PUBREL, or ends the exchange when the client
+    /// reported an error. Returns false when no QoS 2 message awaited it.
+    pub fn on_pubrec(&mut self, packet_id: PacketId, reason: ReasonCode, now: Instant) -> bool {
+        let Some(outbound) = self.inflight.get_mut(&packet_id) else {
+            return false;
+        };
+        match outbound.state {
+            OutboundState::AwaitingPubRec if reason.is_error() => {
+                self.inflight.remove(&packet_id);
+                self.pump(now);
+                true
+            }
+            OutboundState::AwaitingPubRec | OutboundState::AwaitingPubComp => {
+                outbound.state = OutboundState::AwaitingPubComp;
+                if let Some(conn) = &self.conn {
+                    conn.send(&pubresp(Packet::PubRel, packet_id, ReasonCode::SUCCESS));
+                }
+                true
+            }
+            OutboundState::AwaitingPubAck => false,
+        }
+    }
+
+    /// Handles PUBCOMP; returns false when no PUBREL awaited it.
+    pub fn on_pubcomp(&mut self, packet_id: PacketId, now: Instant) -> bool {
+        match self.inflight.get(&packet_id) {
+            Some(outbound) if outbound.state == OutboundState::AwaitingPubComp => {
+                self.inflight.remove(&packet_id);
+                self.pump(now);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Builds a PUBACK, PUBREC, PUBREL or PUBCOMP.
+pub fn pubresp(kind: fn(PubResponse) -> Packet, packet_id: PacketId, reason: ReasonCode) -> Packet {
+    kind(PubResponse {
+        packet_id,
+        reason,
+        properties: Properties::default(),
+    })
+}
+
+/// Encodes `delivery` as a PUBLISH into `conn`'s output. Returns false when
+/// nothing was written because the message expired or is larger than the
+/// client's Maximum Packet Size (which the spec says to treat as sent).
+pub fn write_publish(
+    conn: &Conn,
+    delivery: &Delivery,
+    packet_id: Option<PacketId>,
+    dup: bool,
+    now: Instant,
+) -> bool {
+    let publication = &delivery.publication;
+    let remaining = publication.remaining_expiry(now);
+    if remaining == Some(0) {
+        return false;
+    }
+    // TODO: encode once per (QoS, properties) variant per shard and patch
+    // only the packet id, instead of once per subscriber.
+    let mut publish = Publish {
+        dup: dup && delivery.qos != QoS::AtMostOnce,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic: publication.topic.clone(),
+        packet_id,
+        properties: Properties::default(),
+        payload: publication.payload.clone(),
+    };
+    if conn.protocol == Protocol::V5 {
+        publish.properties = publication.properties.clone();
+        publish.properties.message_expiry_interval = remaining;
+        publish.properties.subscription_identifiers = delivery.subscription_ids.clone();
+        let full = Packet::Publish(publish);
+        if coremq_codec::encoded_len(&full, conn.protocol) > conn.max_packet_size as usize {
+            return false;
+        }
+        let Packet::Publish(mut publish) = full else {
+            unreachable!("constructed as a PUBLISH above")
+        };
+        if let Some((alias, new)) = conn.outbound_alias(&publication.topic) {
+            publish.properties.topic_alias = Some(alias);
+            if !new {
+                publish.topic = String::new();
+            }
+        }
+        return conn.send(&Packet::Publish(publish));
+    }
+    conn.send(&Packet::Publish(publish))
+}
