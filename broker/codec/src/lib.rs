@@ -15,11 +15,16 @@ mod encode;
 mod error;
 mod packet;
 mod properties;
+mod property_codec;
 mod reason;
 pub mod topic;
+mod wire;
+
+#[cfg(test)]
+mod tests;
 
 pub use decode::{decode, DecodeContext};
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encoded_len, patch_packet_id, publish_packet_id_offset};
 pub use error::DecodeError;
 pub use packet::*;
 pub use properties::Properties;
