@@ -141,7 +141,10 @@ impl Config {
     }
 
     fn from_parts(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigError> {
-        let shards = overrides.shards.or(file.shards).unwrap_or_else(available_cpus);
+        let shards = overrides
+            .shards
+            .or(file.shards)
+            .unwrap_or_else(available_cpus);
         if shards == 0 || shards > 64 {
             return Err(ConfigError::Invalid {
                 key: "shards",
@@ -162,7 +165,9 @@ impl Config {
             file.listeners
         } else {
             vec![ListenerConfig {
-                address: DEFAULT_TCP_ADDRESS.parse().expect("the default address is valid"),
+                address: DEFAULT_TCP_ADDRESS
+                    .parse()
+                    .expect("the default address is valid"),
                 protocol: ListenerProtocol::Tcp,
             }]
         };
@@ -218,14 +223,22 @@ impl Config {
             4096,
             u64::from(u32::MAX),
         )? as usize;
-        let max_connections = checked("limits.max-connections", limits.max_connections, 100_000, 1, u64::from(u32::MAX))? as usize;
+        let max_connections = checked(
+            "limits.max-connections",
+            limits.max_connections,
+            100_000,
+            1,
+            u64::from(u32::MAX),
+        )? as usize;
         let queue_drop_policy = match limits.queue_drop_policy.as_deref() {
             None | Some("drop-oldest") => DropPolicy::DropOldest,
             Some("drop-new") => DropPolicy::DropNew,
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     key: "limits.queue-drop-policy",
-                    message: format!("{other:?} is not a policy; use \"drop-oldest\" or \"drop-new\""),
+                    message: format!(
+                        "{other:?} is not a policy; use \"drop-oldest\" or \"drop-new\""
+                    ),
                 })
             }
         };
@@ -262,7 +275,13 @@ fn merge_limits(file: LimitsConfig, cli: LimitsConfig) -> LimitsConfig {
     }
 }
 
-fn checked(key: &'static str, value: Option<u64>, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+fn checked(
+    key: &'static str,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
     let value = value.unwrap_or(default);
     if value < min || value > max {
         return Err(ConfigError::Invalid {
@@ -299,7 +318,8 @@ mod tests {
 
     #[test]
     fn defaults_without_file() {
-        let config = Config::from_parts(FileConfig::default(), Overrides::default()).expect("defaults are valid");
+        let config = Config::from_parts(FileConfig::default(), Overrides::default())
+            .expect("defaults are valid");
         assert_eq!(config.listeners.len(), 1);
         assert_eq!(config.listeners[0].address.port(), 1883);
         assert_eq!(config.limits.receive_maximum, 1024);
@@ -335,7 +355,8 @@ mod tests {
 
     #[test]
     fn out_of_range_names_key() {
-        let file: FileConfig = toml::from_str("[limits]\nreceive-maximum = 0\n").expect("valid toml");
+        let file: FileConfig =
+            toml::from_str("[limits]\nreceive-maximum = 0\n").expect("valid toml");
         let error = Config::from_parts(file, Overrides::default()).expect_err("0 is invalid");
         let message = error.to_string();
         assert!(message.contains("limits.receive-maximum"), "{message}");
@@ -344,7 +365,8 @@ mod tests {
 
     #[test]
     fn unknown_key_rejected() {
-        let error = toml::from_str::<FileConfig>("[limits]\nrecieve-maximum = 5\n").expect_err("typo");
+        let error =
+            toml::from_str::<FileConfig>("[limits]\nrecieve-maximum = 5\n").expect_err("typo");
         assert!(error.to_string().contains("recieve-maximum"));
     }
 }

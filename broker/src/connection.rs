@@ -65,8 +65,10 @@ pub struct Accepted {
 /// How a connection ended, for the log.
 #[derive(Debug)]
 enum Ending {
-    /// The peer closed the socket or it failed.
-    Closed(&'static str),
+    /// The peer closed the socket.
+    Eof,
+    /// Reading from the socket failed.
+    ReadFailed,
     /// The broker closed it, with the reason code sent in DISCONNECT.
     Server(Option<ReasonCode>),
 }
@@ -136,7 +138,12 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if protocol == Protocol::V311 && !connect.clean_start {
             // 3.1.1 allows an empty identifier only with a clean session.
-            send_connack(&mut stream, protocol, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).await;
+            send_connack(
+                &mut stream,
+                protocol,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            )
+            .await;
             return;
         }
         let id = assigned_client_id.unwrap_or_else(|| assign_client_id(&context.shard));
@@ -146,7 +153,16 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
     };
     let owner = owner_shard(&client_id, context.shard.shards());
     if owner != context.shard.id() {
-        hand_over(context, stream, peer, listener, buffer, assigned.then_some(client_id), owner).await;
+        hand_over(
+            context,
+            stream,
+            peer,
+            listener,
+            buffer,
+            assigned.then_some(client_id),
+            owner,
+        )
+        .await;
         return;
     }
 
@@ -156,18 +172,36 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
         probe.len()
     };
     let _ = buffer.split_to(consumed);
-    run_session(context, stream, peer, buffer, connect, client_id.into(), assigned).await;
+    run_session(
+        context,
+        stream,
+        peer,
+        buffer,
+        connect,
+        client_id.into(),
+        assigned,
+    )
+    .await;
 }
 
 /// Answers a CONNECT that cannot be decoded, then lets the socket close.
-async fn reject_connect(stream: &mut TcpStream, buffer: &[u8], peer: SocketAddr, error: &DecodeError) {
+async fn reject_connect(
+    stream: &mut TcpStream,
+    buffer: &[u8],
+    peer: SocketAddr,
+    error: &DecodeError,
+) {
     warn!(%peer, %error, "invalid CONNECT");
     let reason = error.reason_code();
     match (error, connect_level(buffer)) {
         (DecodeError::UnsupportedProtocol { level, .. }, _) => {
             // A client of another version reads a CONNACK in its own format:
             // 3.1.1's return code 1 or 5.0's reason code 0x84.
-            let protocol = if *level >= 5 { Protocol::V5 } else { Protocol::V311 };
+            let protocol = if *level >= 5 {
+                Protocol::V5
+            } else {
+                Protocol::V311
+            };
             send_connack(stream, protocol, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION).await;
         }
         (_, Some(5)) => send_connack(stream, Protocol::V5, reason).await,
@@ -185,7 +219,10 @@ fn connect_level(buffer: &[u8]) -> Option<u8> {
             return None;
         }
     }
-    let name_len = usize::from(u16::from_be_bytes([*buffer.get(index + 1)?, *buffer.get(index + 2)?]));
+    let name_len = usize::from(u16::from_be_bytes([
+        *buffer.get(index + 1)?,
+        *buffer.get(index + 2)?,
+    ]));
     buffer.get(index + 3 + name_len).copied()
 }
 
@@ -241,7 +278,10 @@ async fn hand_over(
         listener,
         assigned_client_id,
     };
-    context.shard.send_to(owner, ShardMsg::Handoff(handoff)).await;
+    context
+        .shard
+        .send_to(owner, ShardMsg::Handoff(handoff))
+        .await;
 }
 
 async fn run_session(
@@ -258,7 +298,10 @@ async fn run_session(
     let protocol = connect.protocol;
     let (max_packet_size, topic_alias_max) = if protocol == Protocol::V5 {
         (
-            connect.properties.maximum_packet_size.unwrap_or(MAX_PACKET_SIZE),
+            connect
+                .properties
+                .maximum_packet_size
+                .unwrap_or(MAX_PACKET_SIZE),
             connect.properties.topic_alias_maximum.unwrap_or(0),
         )
     } else {
@@ -278,18 +321,21 @@ async fn run_session(
     let (reader, writer) = futures_lite::io::split(stream);
     let writer_task = glommio::spawn_local(write_loop(conn.clone(), writer));
 
-    let outcome = shard.connect(conn.clone(), connect, client_id.clone(), assigned).await;
+    let outcome = shard
+        .connect(conn.clone(), connect, client_id.clone(), assigned)
+        .await;
     if outcome.reason.is_error() {
         conn.request_close(CloseRequest { reason: None });
         writer_task.await;
         return;
     }
 
-    let keep_alive = (outcome.keep_alive > 0).then(|| Duration::from_millis(u64::from(outcome.keep_alive) * 1500));
+    let keep_alive = (outcome.keep_alive > 0)
+        .then(|| Duration::from_millis(u64::from(outcome.keep_alive) * 1500));
     let ending = read_loop(context, &conn, &client_id, reader, buffer, keep_alive).await;
     match ending {
         Ending::Server(reason) => conn.request_close(CloseRequest { reason }),
-        Ending::Closed(_) => conn.request_close(CloseRequest { reason: None }),
+        Ending::Eof | Ending::ReadFailed => conn.request_close(CloseRequest { reason: None }),
     }
     shard.disconnected(&conn, &client_id, true).await;
     writer_task.await;
@@ -340,7 +386,8 @@ async fn read_loop(
         let read = async {
             let read = reader.read(&mut scratch);
             match keep_alive {
-                Some(limit) => match glommio::timer::timeout(limit, async { Ok(read.await) }).await {
+                Some(limit) => match glommio::timer::timeout(limit, async { Ok(read.await) }).await
+                {
                     Ok(result) => ReadEvent::Data(result),
                     Err(_) => ReadEvent::TimedOut,
                 },
@@ -349,9 +396,9 @@ async fn read_loop(
         };
         let closed = async { ReadEvent::CloseRequested(conn.closed().await) };
         match future::or(read, closed).await {
-            ReadEvent::Data(Ok(0)) => return Ending::Closed("eof"),
+            ReadEvent::Data(Ok(0)) => return Ending::Eof,
             ReadEvent::Data(Ok(n)) => buffer.extend_from_slice(&scratch[..n]),
-            ReadEvent::Data(Err(_)) => return Ending::Closed("read error"),
+            ReadEvent::Data(Err(_)) => return Ending::ReadFailed,
             ReadEvent::TimedOut => {
                 info!(client_id = %client_id, peer = %conn.peer, "keep alive timed out");
                 return Ending::Server(Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
@@ -369,7 +416,10 @@ enum ReadEvent {
 }
 
 /// Replaces a PUBLISH's Topic Alias by its topic, recording new mappings.
-fn resolve_alias(aliases: &mut HashMap<u16, String>, mut publish: Publish) -> Result<Publish, ReasonCode> {
+fn resolve_alias(
+    aliases: &mut HashMap<u16, String>,
+    mut publish: Publish,
+) -> Result<Publish, ReasonCode> {
     let Some(alias) = publish.properties.topic_alias else {
         return Ok(publish);
     };

@@ -75,7 +75,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), shards = config.shards, "starting coremq");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        shards = config.shards,
+        "starting coremq"
+    );
     match coremq::server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

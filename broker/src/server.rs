@@ -61,16 +61,15 @@ fn bind_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
         let mut address = listener.address;
         let mut fds = Vec::with_capacity(config.shards);
         for _ in 0..config.shards {
-            let socket = bind_reuseport(address).map_err(|source| ServerError::Bind { address, source })?;
+            let socket =
+                bind_reuseport(address).map_err(|source| ServerError::Bind { address, source })?;
             if address.port() == 0 {
-                address = socket
-                    .local_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket())
-                    .ok_or(ServerError::Bind {
+                address = socket.local_addr().ok().and_then(|a| a.as_socket()).ok_or(
+                    ServerError::Bind {
                         address,
                         source: std::io::Error::other("bound socket has no local address"),
-                    })?;
+                    },
+                )?;
             }
             fds.push(socket.into_raw_fd());
         }
@@ -85,7 +84,11 @@ fn bind_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
 }
 
 fn bind_reuseport(address: SocketAddr) -> std::io::Result<Socket> {
-    let domain = if address.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let domain = if address.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -143,7 +146,10 @@ async fn shard_main(
     listeners: Vec<(usize, SocketAddr, RawFd)>,
     connections: Arc<AtomicUsize>,
 ) {
-    let (senders, mut receivers) = mesh.join().await.expect("every shard joins the mesh at start-up");
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .expect("every shard joins the mesh at start-up");
     let shard = Shard::new(senders, config.limits.clone());
     shard.install();
     let span = tracing::info_span!("shard", id = shard.id());
@@ -168,7 +174,10 @@ async fn shard_main(
                                 assigned_client_id: handoff.assigned_client_id,
                             };
                             let context = context.clone();
-                            glommio::spawn_local(connection::serve(context, accepted).in_current_span()).detach();
+                            glommio::spawn_local(
+                                connection::serve(context, accepted).in_current_span(),
+                            )
+                            .detach();
                         }
                         other => shard.handle_mesh_message(other),
                     }
@@ -203,7 +212,10 @@ async fn shard_main(
                                 buffered: Vec::new(),
                                 assigned_client_id: None,
                             };
-                            glommio::spawn_local(connection::serve(context.clone(), accepted).in_current_span()).detach();
+                            glommio::spawn_local(
+                                connection::serve(context.clone(), accepted).in_current_span(),
+                            )
+                            .detach();
                         }
                         Err(error) => {
                             warn!(addr = %address, %error, "accept failed");

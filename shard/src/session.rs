@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use coremq_codec::{
-    PacketId, Packet, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
+    Packet, PacketId, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
     SubscriptionOptions, Will,
 };
 
@@ -173,7 +173,8 @@ impl Session {
         } else {
             OutboundState::AwaitingPubRec
         };
-        self.inflight.insert(packet_id, Outbound { delivery, state });
+        self.inflight
+            .insert(packet_id, Outbound { delivery, state });
     }
 
     fn allocate_packet_id(&mut self) -> PacketId {

@@ -1,0 +1,288 @@
+//! Session lifecycle: CONNECT, takeover, disconnect, wills and expiry.
+
+use super::*;
+
+impl ShardState {
+    pub(super) fn connect(
+        &mut self,
+        conn: Rc<Conn>,
+        connect: Connect,
+        client_id: Arc<str>,
+        assigned: bool,
+        outbox: &mut Outbox,
+    ) -> ConnectOutcome {
+        let now = Instant::now();
+        let v5 = connect.protocol == Protocol::V5;
+        let fail = |reason| ConnectOutcome {
+            reason,
+            session_present: false,
+            keep_alive: 0,
+        };
+
+        if let Some(will) = &connect.will {
+            if topic::validate_topic_name(&will.topic).is_err() {
+                return self.reject(&conn, fail(ReasonCode::TOPIC_NAME_INVALID));
+            }
+        }
+        if connect.properties.authentication_method.is_some() {
+            // TODO: enhanced authentication (SCRAM-SHA-256 over AUTH).
+            return self.reject(&conn, fail(ReasonCode::BAD_AUTHENTICATION_METHOD));
+        }
+
+        let expiry = if v5 {
+            connect
+                .properties
+                .session_expiry_interval
+                .unwrap_or(0)
+                .min(self.limits.max_session_expiry)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+
+        // An existing session: take over its connection, then resume it or
+        // discard it as Clean Start asks.
+        let mut session_present = false;
+        let mut resumed = None;
+        if let Some(mut old) = self.sessions.remove(&client_id) {
+            if let Some(old_conn) = old.conn.take() {
+                old_conn.request_close(close_with(ReasonCode::SESSION_TAKEN_OVER));
+                info!(client_id = %client_id, old_peer = %old_conn.peer, "session taken over");
+                // The old connection closed without DISCONNECT 0x00, so its
+                // Will is due unless the session continues and the Will has a delay.
+                let will_delay = old.will.as_ref().map_or(0, will_delay);
+                if connect.clean_start || will_delay == 0 {
+                    if let Some(will) = old.will.take() {
+                        self.publish_will(&old.client_id, will, now, outbox);
+                    }
+                }
+            }
+            if connect.clean_start {
+                if let Some(will) = old.will.take() {
+                    self.publish_will(&old.client_id, will, now, outbox);
+                }
+                self.drop_subscriptions(&old, outbox);
+            } else {
+                session_present = true;
+                resumed = Some(old);
+            }
+        }
+
+        let mut session =
+            resumed.unwrap_or_else(|| Session::new(client_id.clone(), connect.protocol));
+        session.protocol = connect.protocol;
+        session.generation += 1;
+        session.expiry_interval = expiry;
+        session.will = connect.will;
+        session.client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        session.conn = Some(conn.clone());
+
+        let max_keep_alive = self.limits.max_keep_alive;
+        let keep_alive = if connect.keep_alive == 0 || connect.keep_alive > max_keep_alive {
+            if max_keep_alive == u16::MAX {
+                connect.keep_alive
+            } else {
+                max_keep_alive
+            }
+        } else {
+            connect.keep_alive
+        };
+
+        let mut properties = Properties::default();
+        if v5 {
+            properties.receive_maximum = Some(self.limits.receive_maximum);
+            properties.topic_alias_maximum = Some(self.limits.topic_alias_maximum);
+            properties.maximum_packet_size = Some(self.limits.max_packet_size);
+            if assigned {
+                properties.assigned_client_identifier = Some(client_id.to_string());
+            }
+            if keep_alive != connect.keep_alive {
+                properties.server_keep_alive = Some(keep_alive);
+            }
+            if connect.properties.session_expiry_interval.unwrap_or(0) != expiry {
+                properties.session_expiry_interval = Some(expiry);
+            }
+        }
+        conn.send(&Packet::ConnAck(ConnAck {
+            session_present,
+            reason: ReasonCode::SUCCESS,
+            properties,
+        }));
+
+        session.resend_inflight(now);
+        session.pump(now);
+        info!(
+            client_id = %client_id,
+            peer = %conn.peer,
+            shard = self.id,
+            protocol = conn.protocol.level(),
+            clean_start = connect.clean_start,
+            session_present,
+            "connected"
+        );
+        self.sessions.insert(client_id, session);
+        ConnectOutcome {
+            reason: ReasonCode::SUCCESS,
+            session_present,
+            keep_alive,
+        }
+    }
+
+    pub(super) fn reject(&self, conn: &Conn, outcome: ConnectOutcome) -> ConnectOutcome {
+        conn.send(&Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason: outcome.reason,
+            properties: Properties::default(),
+        }));
+        outcome
+    }
+
+    pub(super) fn session_mut(
+        &mut self,
+        client_id: &Arc<str>,
+        conn: &Rc<Conn>,
+    ) -> Result<&mut Session, CloseRequest> {
+        match self.sessions.get_mut(client_id) {
+            Some(session) if session.conn.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) => {
+                Ok(session)
+            }
+            // The session was taken over; this connection is closing.
+            _ => Err(CloseRequest { reason: None }),
+        }
+    }
+
+    pub(super) fn disconnected(
+        &mut self,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
+        publish_will: bool,
+        outbox: &mut Outbox,
+    ) {
+        let now = Instant::now();
+        let Some(session) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        if !session.conn.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) {
+            // Taken over: the new connection owns the session now.
+            return;
+        }
+        session.conn = None;
+        let generation = session.generation;
+        let expiry = session.expiry_interval;
+        let will = if publish_will {
+            session.will.take()
+        } else {
+            None
+        };
+        session.will = None;
+
+        if expiry == 0 {
+            let session = self.sessions.remove(client_id).expect("found above");
+            self.drop_subscriptions(&session, outbox);
+            if let Some(will) = will {
+                self.publish_will(client_id, will, now, outbox);
+            }
+            return;
+        }
+
+        if let Some(will) = will {
+            let delay = will_delay(&will);
+            if delay == 0 {
+                self.publish_will(client_id, will, now, outbox);
+            } else if delay >= expiry {
+                // The session ends first; its end publishes the Will.
+                self.sessions.get_mut(client_id).expect("found above").will = Some(will);
+            } else {
+                self.arm_will_timer(client_id.clone(), generation, will, delay);
+            }
+        }
+        if expiry != u32::MAX {
+            self.arm_expiry_timer(client_id.clone(), generation, expiry);
+        }
+    }
+
+    pub(super) fn arm_will_timer(
+        &self,
+        client_id: Arc<str>,
+        generation: u64,
+        will: Will,
+        delay: u32,
+    ) {
+        let this = self.this.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_secs(u64::from(delay))).await;
+            let Some(state) = this.upgrade() else { return };
+            let mut outbox = Outbox::default();
+            {
+                let mut state = state.borrow_mut();
+                let current = state
+                    .sessions
+                    .get(&client_id)
+                    .map(|s| (s.generation, s.conn.is_some()));
+                // Due only if the client has not come back since.
+                let due = match current {
+                    Some((g, connected)) => g == generation && !connected,
+                    None => true,
+                };
+                if due {
+                    state.publish_will(&client_id, will, Instant::now(), &mut outbox);
+                }
+            }
+            send_outbox(outbox).await;
+        })
+        .detach();
+    }
+
+    pub(super) fn arm_expiry_timer(&self, client_id: Arc<str>, generation: u64, expiry: u32) {
+        let this = self.this.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_secs(u64::from(expiry))).await;
+            let Some(state) = this.upgrade() else { return };
+            let mut outbox = Outbox::default();
+            {
+                let mut state = state.borrow_mut();
+                let expired = state
+                    .sessions
+                    .get(&client_id)
+                    .is_some_and(|s| s.generation == generation && s.conn.is_none());
+                if expired {
+                    let mut session = state.sessions.remove(&client_id).expect("checked above");
+                    debug!(client_id = %client_id, "session expired");
+                    state.drop_subscriptions(&session, &mut outbox);
+                    if let Some(will) = session.will.take() {
+                        state.publish_will(&client_id, will, Instant::now(), &mut outbox);
+                    }
+                }
+            }
+            send_outbox(outbox).await;
+        })
+        .detach();
+    }
+
+    pub(super) fn publish_will(
+        &mut self,
+        client_id: &Arc<str>,
+        will: Will,
+        now: Instant,
+        outbox: &mut Outbox,
+    ) {
+        let mut properties = will.properties;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        properties.will_delay_interval = None;
+        let publication = Arc::new(Publication {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            expires_at,
+            publisher: Some(client_id.clone()),
+        });
+        debug!(client_id = %client_id, topic = %publication.topic, "publishing will");
+        self.route(&publication, false, now, outbox);
+    }
+}

@@ -1,0 +1,354 @@
+//! The shard engine: connects sessions, handles each packet a client sends,
+//! and routes publications to local sessions and to other shards.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coremq_codec::topic;
+use coremq_codec::{
+    ConnAck, Connect, Packet, Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+};
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+use tracing::{debug, info, warn};
+
+use crate::conn::{CloseRequest, Conn};
+use crate::mesh::{ShardId, ShardMsg};
+use crate::message::{Delivery, Publication};
+use crate::retained::RetainedStore;
+use crate::session::{pubresp, Session, Subscription};
+use crate::trie::FilterTrie;
+use crate::Limits;
+
+mod lifecycle;
+mod packets;
+mod routing;
+mod subscriptions;
+
+/// Hops a shared-subscription message may take between shards looking for
+/// a member before it is dropped.
+const MAX_SHARED_HOPS: u8 = 2;
+
+/// Result of [`Shard::connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOutcome {
+    /// CONNACK reason code; the connection closes when it is an error.
+    pub reason: ReasonCode,
+    pub session_present: bool,
+    /// Keep alive the server enforces, in seconds (0: none).
+    pub keep_alive: u16,
+}
+
+/// Handle to the engine of one shard; cheap to clone, single-threaded.
+#[derive(Clone)]
+pub struct Shard {
+    state: Rc<RefCell<ShardState>>,
+    mesh: Rc<Senders<ShardMsg>>,
+}
+
+struct ShardState {
+    id: ShardId,
+    shards: usize,
+    limits: Limits,
+    sessions: HashMap<Arc<str>, Session>,
+    /// Subscriptions of local sessions: filter -> client id -> options.
+    subscriptions: FilterTrie<Arc<str>, Subscription>,
+    /// Local members of each shared subscription, by `$share/group/filter`.
+    shared_groups: HashMap<Arc<str>, SharedGroup>,
+    /// Local subscriber count per filter, to announce the first and last.
+    local_filters: HashMap<Arc<str>, usize>,
+    /// Which shards have subscribers: filter -> shard -> ().
+    interest: FilterTrie<ShardId, ()>,
+    /// Which shards have shared-subscription members: filter ->
+    /// (share, shard) -> member count on that shard.
+    shared_interest: FilterTrie<(Arc<str>, ShardId), ()>,
+    /// Round-robin position per shared subscription on the publishing side.
+    shared_cursor: HashMap<Arc<str>, usize>,
+    retained: RetainedStore,
+    /// Weak self reference for timers spawned by the engine.
+    this: Weak<RefCell<ShardState>>,
+}
+
+#[derive(Default)]
+struct SharedGroup {
+    members: Vec<Arc<str>>,
+    next: usize,
+}
+
+/// Mesh messages produced while the state was borrowed, sent afterwards.
+#[derive(Default)]
+struct Outbox {
+    messages: Vec<(ShardId, ShardMsg)>,
+    acks: Vec<oneshot::Receiver<()>>,
+}
+
+impl Outbox {
+    fn send(&mut self, shard: ShardId, msg: ShardMsg) {
+        self.messages.push((shard, msg));
+    }
+
+    fn ack(&mut self) -> crate::mesh::Ack {
+        let (sender, receiver) = oneshot::channel();
+        self.acks.push(receiver);
+        sender
+    }
+}
+
+/// What the connection must do after a packet was handled.
+type HandleResult = Result<(), CloseRequest>;
+
+fn close_with(reason: ReasonCode) -> CloseRequest {
+    CloseRequest {
+        reason: Some(reason),
+    }
+}
+
+impl Shard {
+    /// Creates the engine of shard `senders.peer_id()`.
+    pub fn new(senders: Senders<ShardMsg>, limits: Limits) -> Shard {
+        let id = senders.peer_id();
+        let shards = senders.nr_consumers();
+        let state = Rc::new_cyclic(|this| {
+            RefCell::new(ShardState {
+                id,
+                shards,
+                limits,
+                sessions: HashMap::new(),
+                subscriptions: FilterTrie::new(),
+                shared_groups: HashMap::new(),
+                local_filters: HashMap::new(),
+                interest: FilterTrie::new(),
+                shared_interest: FilterTrie::new(),
+                shared_cursor: HashMap::new(),
+                retained: RetainedStore::default(),
+                this: this.clone(),
+            })
+        });
+        Shard {
+            state,
+            mesh: Rc::new(senders),
+        }
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.state.borrow().id
+    }
+
+    pub fn shards(&self) -> usize {
+        self.state.borrow().shards
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.state.borrow().limits.clone()
+    }
+
+    /// Number of sessions this shard owns, connected or not.
+    pub fn session_count(&self) -> usize {
+        self.state.borrow().sessions.len()
+    }
+
+    /// Sends a message to another shard, waiting while its channel is full.
+    pub async fn send_to(&self, shard: ShardId, msg: ShardMsg) {
+        if let Err(error) = self.mesh.send_to(shard, msg).await {
+            warn!(shard, %error, "shard mesh send failed");
+        }
+    }
+
+    async fn flush(&self, outbox: Outbox) {
+        for (shard, msg) in outbox.messages {
+            self.send_to(shard, msg).await;
+        }
+        for ack in outbox.acks {
+            // A dropped sender means the peer shard stopped; nothing to wait for.
+            let _ = ack.await;
+        }
+    }
+
+    /// Applies a message received from another shard.
+    pub fn handle_mesh_message(&self, msg: ShardMsg) {
+        let mut outbox = Outbox::default();
+        {
+            let mut state = self.state.borrow_mut();
+            let now = Instant::now();
+            match msg {
+                ShardMsg::Publish(publication) => state.deliver_local(&publication, now),
+                ShardMsg::SharedPublish {
+                    publication,
+                    share,
+                    hops,
+                } => state.deliver_shared(&publication, &share, hops, now, &mut outbox),
+                ShardMsg::Interest {
+                    filter,
+                    shard,
+                    add,
+                    ack,
+                } => {
+                    state.apply_interest(&filter, shard, add);
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
+                ShardMsg::Retain { publication, ack } => {
+                    state.retained.apply(publication);
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
+                    }
+                }
+                ShardMsg::Handoff(handoff) => {
+                    // The broker intercepts handoffs before they reach the
+                    // engine; one arriving here has no listener to serve it.
+                    warn!(peer = %handoff.peer, "connection handoff without a handler; closing");
+                    // SAFETY: the handoff owns `fd` and nothing else refers to it.
+                    unsafe { libc::close(handoff.fd) };
+                }
+            }
+        }
+        if !outbox.messages.is_empty() {
+            let shard = self.clone();
+            glommio::spawn_local(async move { shard.flush(outbox).await }).detach();
+        }
+    }
+
+    /// Attaches a connection that sent `connect` to its session, creating,
+    /// resuming or taking over the session, and writes the CONNACK.
+    ///
+    /// `client_id` is the identifier to use: the client's own, or the one
+    /// the broker assigned to an empty identifier (`assigned` is then true).
+    pub async fn connect(
+        &self,
+        conn: Rc<Conn>,
+        connect: Connect,
+        client_id: Arc<str>,
+        assigned: bool,
+    ) -> ConnectOutcome {
+        let mut outbox = Outbox::default();
+        let outcome =
+            self.state
+                .borrow_mut()
+                .connect(conn, connect, client_id, assigned, &mut outbox);
+        self.flush(outbox).await;
+        outcome
+    }
+
+    /// Handles one packet from a connected client. An `Err` asks the caller
+    /// to close the connection (after a DISCONNECT with the given reason).
+    pub async fn handle_packet(
+        &self,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
+        packet: Packet,
+    ) -> HandleResult {
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(conn, client_id, publish).await,
+            Packet::Subscribe(subscribe) => self.handle_subscribe(conn, client_id, subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => {
+                let mut outbox = Outbox::default();
+                self.state
+                    .borrow_mut()
+                    .unsubscribe(conn, client_id, unsubscribe, &mut outbox);
+                self.flush(outbox).await;
+                Ok(())
+            }
+            other => self
+                .state
+                .borrow_mut()
+                .handle_control(conn, client_id, other),
+        }
+    }
+
+    async fn handle_publish(
+        &self,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
+        publish: Publish,
+    ) -> HandleResult {
+        let mut outbox = Outbox::default();
+        let ack =
+            self.state
+                .borrow_mut()
+                .publish_from_client(conn, client_id, publish, &mut outbox)?;
+        self.flush(outbox).await;
+        if let Some(ack) = ack {
+            conn.send(&ack);
+        }
+        Ok(())
+    }
+
+    async fn handle_subscribe(
+        &self,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
+        subscribe: Subscribe,
+    ) -> HandleResult {
+        let mut outbox = Outbox::default();
+        let retained =
+            self.state
+                .borrow_mut()
+                .subscribe(conn, client_id, subscribe, &mut outbox)?;
+        // The SUBACK goes out only once every shard knows of the new
+        // interest, so a publish that follows it anywhere reaches us.
+        self.flush(outbox).await;
+        let mut state = self.state.borrow_mut();
+        let limits = state.limits.clone();
+        let now = Instant::now();
+        if let Some((suback, deliveries)) = retained {
+            conn.send(&suback);
+            if let Some(session) = state.sessions.get_mut(client_id) {
+                for delivery in deliveries {
+                    session.offer(delivery, &limits, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches a closed connection from its session. `will` is false when
+    /// the client ended with DISCONNECT 0x00, which discards the Will.
+    pub async fn disconnected(&self, conn: &Rc<Conn>, client_id: &Arc<str>, publish_will: bool) {
+        let mut outbox = Outbox::default();
+        self.state
+            .borrow_mut()
+            .disconnected(conn, client_id, publish_will, &mut outbox);
+        self.flush(outbox).await;
+    }
+}
+
+/// Sends what a timer task produced through this thread's shard.
+async fn send_outbox(outbox: Outbox) {
+    if outbox.messages.is_empty() {
+        return;
+    }
+    let shard = MESH.with(|mesh| mesh.borrow().clone());
+    if let Some(shard) = shard {
+        shard.flush(outbox).await;
+    }
+}
+
+thread_local! {
+    /// The shard engine of this executor thread, for timer tasks.
+    static MESH: RefCell<Option<Shard>> = const { RefCell::new(None) };
+}
+
+impl Shard {
+    /// Registers this engine as the executor thread's own, so that timers
+    /// can reach the mesh. Call once per shard after [`Shard::new`].
+    pub fn install(&self) {
+        MESH.with(|mesh| *mesh.borrow_mut() = Some(self.clone()));
+    }
+}
+
+fn will_delay(will: &Will) -> u32 {
+    will.properties.will_delay_interval.unwrap_or(0)
+}
+
+fn granted(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
+        QoS::AtLeastOnce => ReasonCode::GRANTED_QOS_1,
+        QoS::ExactlyOnce => ReasonCode::GRANTED_QOS_2,
+    }
+}

@@ -1,0 +1,191 @@
+//! Routing: retained updates, local delivery, shared subscriptions and
+//! forwarding to other shards.
+
+use super::*;
+
+impl ShardState {
+    /// Routes a publication: stores it if retained, delivers it to local
+    /// sessions, and queues it for every other interested shard. Returns
+    /// whether any subscriber anywhere matched.
+    pub(super) fn route(
+        &mut self,
+        publication: &Arc<Publication>,
+        await_retain: bool,
+        now: Instant,
+        outbox: &mut Outbox,
+    ) -> bool {
+        if publication.retain {
+            self.retained.apply(publication.clone());
+            for shard in (0..self.shards).filter(|s| *s != self.id) {
+                let ack = await_retain.then(|| outbox.ack());
+                outbox.send(
+                    shard,
+                    ShardMsg::Retain {
+                        publication: publication.clone(),
+                        ack,
+                    },
+                );
+            }
+        }
+
+        let mut targets: u64 = 0;
+        self.interest
+            .for_each_match(&publication.topic, |shard, _| {
+                targets |= 1 << shard;
+            });
+        let matched = targets != 0;
+        for shard in 0..self.shards {
+            if targets & (1 << shard) == 0 {
+                continue;
+            }
+            if shard == self.id {
+                self.deliver_local(publication, now);
+            } else {
+                outbox.send(shard, ShardMsg::Publish(publication.clone()));
+            }
+        }
+        let shared = self.route_shared(publication, now, outbox);
+        matched || shared
+    }
+
+    /// Picks one shard per matching shared subscription, round-robin over
+    /// members, and sends the publication there.
+    pub(super) fn route_shared(
+        &mut self,
+        publication: &Arc<Publication>,
+        now: Instant,
+        outbox: &mut Outbox,
+    ) -> bool {
+        let mut shares: Vec<(Arc<str>, Vec<ShardId>)> = Vec::new();
+        self.shared_interest
+            .for_each_match(&publication.topic, |(share, shard), _| {
+                match shares.iter_mut().find(|(s, _)| s == share) {
+                    Some((_, shards)) => shards.push(*shard),
+                    None => shares.push((share.clone(), vec![*shard])),
+                }
+            });
+        let matched = !shares.is_empty();
+        for (share, mut shards) in shares {
+            shards.sort_unstable();
+            let cursor = self.shared_cursor.entry(share.clone()).or_insert(0);
+            let shard = shards[*cursor % shards.len()];
+            *cursor = cursor.wrapping_add(1);
+            if shard == self.id {
+                self.deliver_shared(publication, &share, 0, now, outbox);
+            } else {
+                outbox.send(
+                    shard,
+                    ShardMsg::SharedPublish {
+                        publication: publication.clone(),
+                        share,
+                        hops: 0,
+                    },
+                );
+            }
+        }
+        matched
+    }
+
+    /// Delivers to every local session with a matching (non-shared)
+    /// subscription, one copy per session.
+    pub(super) fn deliver_local(&mut self, publication: &Arc<Publication>, now: Instant) {
+        let mut per_client: Vec<(Arc<str>, Delivery)> = Vec::new();
+        self.subscriptions
+            .for_each_match(&publication.topic, |client_id, subscription| {
+                let options = subscription.options;
+                if options.no_local && publication.publisher.as_deref() == Some(&**client_id) {
+                    return;
+                }
+                let qos = options.qos.min(publication.qos);
+                let retain = options.retain_as_published && publication.retain;
+                match per_client.iter_mut().find(|(c, _)| c == client_id) {
+                    Some((_, delivery)) => {
+                        delivery.qos = delivery.qos.max(qos);
+                        delivery.retain |= retain;
+                        delivery.subscription_ids.extend(subscription.identifier);
+                    }
+                    None => per_client.push((
+                        client_id.clone(),
+                        Delivery {
+                            publication: publication.clone(),
+                            qos,
+                            retain,
+                            subscription_ids: subscription.identifier.into_iter().collect(),
+                        },
+                    )),
+                }
+            });
+        for (client_id, delivery) in per_client {
+            if let Some(session) = self.sessions.get_mut(&client_id) {
+                session.offer(delivery, &self.limits, now);
+            }
+        }
+    }
+
+    /// Delivers to one local member of `share`, preferring connected ones;
+    /// passes the message on when no member is left here.
+    pub(super) fn deliver_shared(
+        &mut self,
+        publication: &Arc<Publication>,
+        share: &Arc<str>,
+        hops: u8,
+        now: Instant,
+        outbox: &mut Outbox,
+    ) {
+        let Some(group) = self.shared_groups.get_mut(share) else {
+            if hops < MAX_SHARED_HOPS {
+                let mut other = None;
+                self.shared_interest
+                    .for_each_match(&publication.topic, |(s, shard), _| {
+                        if s == share && *shard != self.id {
+                            other = Some(*shard);
+                        }
+                    });
+                if let Some(shard) = other {
+                    outbox.send(
+                        shard,
+                        ShardMsg::SharedPublish {
+                            publication: publication.clone(),
+                            share: share.clone(),
+                            hops: hops + 1,
+                        },
+                    );
+                }
+            }
+            return;
+        };
+        let count = group.members.len();
+        let mut chosen = None;
+        for step in 0..count {
+            let member = &group.members[(group.next + step) % count];
+            let connected = self.sessions.get(member).is_some_and(|s| s.conn.is_some());
+            if connected {
+                chosen = Some(member.clone());
+                group.next = (group.next + step + 1) % count;
+                break;
+            }
+        }
+        let member = match chosen {
+            Some(member) => member,
+            None => {
+                let member = group.members[group.next % count].clone();
+                group.next = (group.next + 1) % count;
+                member
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&member) else {
+            return;
+        };
+        let Some(subscription) = session.subscriptions.get(&**share) else {
+            return;
+        };
+        let options = subscription.options;
+        let delivery = Delivery {
+            publication: publication.clone(),
+            qos: options.qos.min(publication.qos),
+            retain: options.retain_as_published && publication.retain,
+            subscription_ids: subscription.identifier.into_iter().collect(),
+        };
+        session.offer(delivery, &self.limits, now);
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the tests need, starts the servers they use, builds
+# CoreMQ and runs every test: Rust unit and black-box tests, then the
+# Python suite with paho-mqtt and the mosquitto command-line clients.
+#
+# Works as root on a fresh Debian machine that has only Rust; run it again
+# and it skips what is already installed or running.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+apt_packages=(clang libclang-dev mosquitto mosquitto-clients mariadb-server redis-server python3-pip)
+missing=()
+for package in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python3 -m pip install -q -r tests/python/requirements.txt
+
+# MariaDB and Redis on loopback for the storage backends' tests.
+eval "$(bash tests/services.sh)"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
+cargo build --workspace --all-targets
+export COREMQ_BIN="$CARGO_TARGET_DIR/debug/coremq"
+
+cargo test --workspace --all-features
+python3 -m pytest -q tests/python
