@@ -87,6 +87,29 @@ impl Conn {
         true
     }
 
+    /// Appends an already encoded PUBLISH `frame`, writing `packet_id` at
+    /// `packet_id_offset` in the copy. Returns false, writing nothing, when
+    /// the frame is larger than the client's Maximum Packet Size.
+    pub fn send_frame(
+        &self,
+        frame: &[u8],
+        packet_id: Option<u16>,
+        packet_id_offset: Option<usize>,
+    ) -> bool {
+        if self.close.get().is_some() || frame.len() > self.max_packet_size as usize {
+            return false;
+        }
+        let mut output = self.output.borrow_mut();
+        let start = output.len();
+        output.extend_from_slice(frame);
+        if let (Some(packet_id), Some(offset)) = (packet_id, packet_id_offset) {
+            output[start + offset..start + offset + 2].copy_from_slice(&packet_id.to_be_bytes());
+        }
+        drop(output);
+        self.wake();
+        true
+    }
+
     /// Returns true when the output buffer is over its limit, so that a QoS 0
     /// message should be dropped instead of buffered.
     pub fn is_congested(&self) -> bool {

@@ -34,12 +34,4 @@ impl RetainedStore {
         });
         found
     }
-
-    pub fn len(&self) -> usize {
-        self.topics.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.topics.is_empty()
-    }
 }

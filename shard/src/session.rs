@@ -6,6 +6,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
+
 use coremq_codec::{
     Packet, PacketId, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode,
     SubscriptionOptions, Will,
@@ -97,7 +99,13 @@ impl Session {
 
     /// Offers a message to the session: sends it now when connected and the
     /// window allows, or queues it.
-    pub fn offer(&mut self, delivery: Delivery, limits: &Limits, now: Instant) -> Offer {
+    pub fn offer(
+        &mut self,
+        delivery: Delivery,
+        limits: &Limits,
+        now: Instant,
+        frames: &mut FrameCache,
+    ) -> Offer {
         if delivery.publication.is_expired(now) {
             return Offer::Dropped;
         }
@@ -112,11 +120,11 @@ impl Session {
                 conn.count_dropped();
                 return Offer::Dropped;
             }
-            write_publish(&conn, &delivery, None, false, now);
+            write_publish(&conn, &delivery, None, false, now, Some(frames));
             return Offer::Sent;
         }
         if self.queue.is_empty() && self.has_window() {
-            self.send_new(&conn, delivery, now);
+            self.send_new(&conn, delivery, now, Some(frames));
             return Offer::Sent;
         }
         self.enqueue(delivery, limits)
@@ -153,16 +161,22 @@ impl Session {
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
-                write_publish(&conn, &delivery, None, false, now);
+                write_publish(&conn, &delivery, None, false, now, None);
             } else {
-                self.send_new(&conn, delivery, now);
+                self.send_new(&conn, delivery, now, None);
             }
         }
     }
 
-    fn send_new(&mut self, conn: &Conn, delivery: Delivery, now: Instant) {
+    fn send_new(
+        &mut self,
+        conn: &Conn,
+        delivery: Delivery,
+        now: Instant,
+        frames: Option<&mut FrameCache>,
+    ) {
         let packet_id = self.allocate_packet_id();
-        let written = write_publish(conn, &delivery, Some(packet_id), false, now);
+        let written = write_publish(conn, &delivery, Some(packet_id), false, now, frames);
         if !written {
             // Too large for the client, or expired: behave as if it was
             // sent and acknowledged, so the window does not fill up.
@@ -200,7 +214,8 @@ impl Session {
                     conn.send(&pubresp(Packet::PubRel, *packet_id, ReasonCode::SUCCESS));
                 }
                 _ => {
-                    if !write_publish(&conn, &outbound.delivery, Some(*packet_id), true, now) {
+                    if !write_publish(&conn, &outbound.delivery, Some(*packet_id), true, now, None)
+                    {
                         finished.push(*packet_id);
                     }
                 }
@@ -268,6 +283,68 @@ pub fn pubresp(kind: fn(PubResponse) -> Packet, packet_id: PacketId, reason: Rea
     })
 }
 
+/// PUBLISH frames encoded during one delivery pass, reused for every
+/// session whose copy is byte-for-byte the same but for the packet id:
+/// same protocol, QoS and RETAIN flag, no subscription identifiers and no
+/// topic alias.
+#[derive(Default)]
+pub struct FrameCache {
+    frames: Vec<CachedFrame>,
+}
+
+struct CachedFrame {
+    protocol: Protocol,
+    qos: QoS,
+    retain: bool,
+    frame: BytesMut,
+    packet_id_offset: Option<usize>,
+}
+
+impl FrameCache {
+    fn get_or_encode(
+        &mut self,
+        delivery: &Delivery,
+        protocol: Protocol,
+        remaining: Option<u32>,
+    ) -> &CachedFrame {
+        let position = self.frames.iter().position(|f| {
+            f.protocol == protocol && f.qos == delivery.qos && f.retain == delivery.retain
+        });
+        let index = match position {
+            Some(index) => index,
+            None => {
+                let publication = &delivery.publication;
+                let mut publish = Publish {
+                    dup: false,
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    topic: publication.topic.clone(),
+                    // A placeholder that every copy overwrites.
+                    packet_id: (delivery.qos != QoS::AtMostOnce).then_some(1),
+                    properties: Properties::default(),
+                    payload: publication.payload.clone(),
+                };
+                if protocol == Protocol::V5 {
+                    publish.properties = publication.properties.clone();
+                    publish.properties.message_expiry_interval = remaining;
+                }
+                let mut frame = BytesMut::new();
+                coremq_codec::encode(&Packet::Publish(publish), protocol, &mut frame);
+                let packet_id_offset = coremq_codec::publish_packet_id_offset(&frame);
+                self.frames.push(CachedFrame {
+                    protocol,
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    frame,
+                    packet_id_offset,
+                });
+                self.frames.len() - 1
+            }
+        };
+        &self.frames[index]
+    }
+}
+
 /// Encodes `delivery` as a PUBLISH into `conn`'s output. Returns false when
 /// nothing was written because the message expired or is larger than the
 /// client's Maximum Packet Size (which the spec says to treat as sent).
@@ -277,14 +354,19 @@ pub fn write_publish(
     packet_id: Option<PacketId>,
     dup: bool,
     now: Instant,
+    frames: Option<&mut FrameCache>,
 ) -> bool {
     let publication = &delivery.publication;
     let remaining = publication.remaining_expiry(now);
     if remaining == Some(0) {
         return false;
     }
-    // TODO: encode once per (QoS, properties) variant per shard and patch
-    // only the packet id, instead of once per subscriber.
+    if let Some(frames) = frames {
+        if !dup && delivery.subscription_ids.is_empty() && conn.topic_alias_max == 0 {
+            let cached = frames.get_or_encode(delivery, conn.protocol, remaining);
+            return conn.send_frame(&cached.frame, packet_id, cached.packet_id_offset);
+        }
+    }
     let mut publish = Publish {
         dup: dup && delivery.qos != QoS::AtMostOnce,
         qos: delivery.qos,

@@ -20,7 +20,7 @@ use crate::conn::{CloseRequest, Conn};
 use crate::mesh::{ShardId, ShardMsg};
 use crate::message::{Delivery, Publication};
 use crate::retained::RetainedStore;
-use crate::session::{pubresp, Session, Subscription};
+use crate::session::{pubresp, FrameCache, Session, Subscription};
 use crate::trie::FilterTrie;
 use crate::Limits;
 
@@ -299,7 +299,7 @@ impl Shard {
             conn.send(&suback);
             if let Some(session) = state.sessions.get_mut(client_id) {
                 for delivery in deliveries {
-                    session.offer(delivery, &limits, now);
+                    session.offer(delivery, &limits, now, &mut FrameCache::default());
                 }
             }
         }

@@ -89,35 +89,48 @@ impl ShardState {
     /// Delivers to every local session with a matching (non-shared)
     /// subscription, one copy per session.
     pub(super) fn deliver_local(&mut self, publication: &Arc<Publication>, now: Instant) {
-        let mut per_client: Vec<(Arc<str>, Delivery)> = Vec::new();
-        self.subscriptions
-            .for_each_match(&publication.topic, |client_id, subscription| {
-                let options = subscription.options;
-                if options.no_local && publication.publisher.as_deref() == Some(&**client_id) {
-                    return;
+        let ShardState {
+            subscriptions,
+            sessions,
+            limits,
+            ..
+        } = self;
+        let mut frames = FrameCache::default();
+        // Sessions with several subscriptions may match more than once;
+        // their copies are merged here and sent after the others.
+        let mut merged: HashMap<&Arc<str>, Delivery> = HashMap::new();
+        subscriptions.for_each_match(&publication.topic, |client_id, subscription| {
+            let options = subscription.options;
+            if options.no_local && publication.publisher.as_deref() == Some(&**client_id) {
+                return;
+            }
+            let Some(session) = sessions.get_mut(client_id) else {
+                return;
+            };
+            let delivery = Delivery {
+                publication: publication.clone(),
+                qos: options.qos.min(publication.qos),
+                retain: options.retain_as_published && publication.retain,
+                subscription_ids: subscription.identifier.into_iter().collect(),
+            };
+            if session.subscriptions.len() == 1 {
+                session.offer(delivery, limits, now, &mut frames);
+                return;
+            }
+            match merged.get_mut(client_id) {
+                Some(existing) => {
+                    existing.qos = existing.qos.max(delivery.qos);
+                    existing.retain |= delivery.retain;
+                    existing.subscription_ids.extend(delivery.subscription_ids);
                 }
-                let qos = options.qos.min(publication.qos);
-                let retain = options.retain_as_published && publication.retain;
-                match per_client.iter_mut().find(|(c, _)| c == client_id) {
-                    Some((_, delivery)) => {
-                        delivery.qos = delivery.qos.max(qos);
-                        delivery.retain |= retain;
-                        delivery.subscription_ids.extend(subscription.identifier);
-                    }
-                    None => per_client.push((
-                        client_id.clone(),
-                        Delivery {
-                            publication: publication.clone(),
-                            qos,
-                            retain,
-                            subscription_ids: subscription.identifier.into_iter().collect(),
-                        },
-                    )),
+                None => {
+                    merged.insert(client_id, delivery);
                 }
-            });
-        for (client_id, delivery) in per_client {
-            if let Some(session) = self.sessions.get_mut(&client_id) {
-                session.offer(delivery, &self.limits, now);
+            }
+        });
+        for (client_id, delivery) in merged {
+            if let Some(session) = sessions.get_mut(client_id) {
+                session.offer(delivery, limits, now, &mut frames);
             }
         }
     }
@@ -186,6 +199,6 @@ impl ShardState {
             retain: options.retain_as_published && publication.retain,
             subscription_ids: subscription.identifier.into_iter().collect(),
         };
-        session.offer(delivery, &self.limits, now);
+        session.offer(delivery, &self.limits, now, &mut FrameCache::default());
     }
 }
