@@ -78,9 +78,10 @@ pub fn decode(buf: &mut BytesMut, ctx: &DecodeContext) -> Result<Option<Packet>,
     decode_body(packet_type, flags, body, ctx).map(Some)
 }
 
-/// Checks the four flag bits of the fixed header. Only PUBLISH uses them;
-/// PUBREL, SUBSCRIBE and UNSUBSCRIBE require 0010 and every other packet
-/// 0000. Packet type 0 is reserved, and AUTH (15) exists only in MQTT 5.0.
+/// Checks the four flag bits of the fixed header. Only PUBLISH carries
+/// information there. PUBREL, SUBSCRIBE and UNSUBSCRIBE require 0010 and
+/// every other packet 0000. Packet type 0 is reserved, and AUTH (15) exists
+/// only in MQTT 5.0.
 fn check_header_flags(packet_type: u8, flags: u8, protocol: Protocol) -> Result<(), DecodeError> {
     let required = match packet_type {
         0 => {
@@ -420,8 +421,8 @@ fn decode_subscribe(reader: &mut Reader, protocol: Protocol) -> Result<Subscribe
 
     let mut filters = Vec::new();
     while reader.remaining() > 0 {
-        // A filter that breaks the wildcard rules is kept as sent: the
-        // broker answers it with SUBACK 0x8F instead of closing.
+        // A filter that breaks the wildcard rules is kept as sent, because
+        // the broker rejects it with SUBACK 0x8F instead of closing.
         let filter = reader.read_string("topic filter")?;
         let options =
             decode_subscription_options(reader.read_u8("subscription options")?, protocol)?;

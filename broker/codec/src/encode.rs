@@ -29,6 +29,9 @@ use crate::wire::{parse_varint, put_binary, put_string, put_varint, varint_len};
 /// Remaining Length of 2, and DISCONNECT and AUTH with Success and no
 /// properties a Remaining Length of 0.
 ///
+/// A QoS 1 or QoS 2 PUBLISH whose `packet_id` is `None` gets identifier 0
+/// as a placeholder for [`patch_packet_id`].
+///
 /// The caller keeps strings, properties and the packet within the limits
 /// of the format (65,535 bytes per string, 268,435,455 bytes per packet).
 /// Debug builds assert them.
@@ -111,7 +114,8 @@ pub fn encoded_len(packet: &Packet, protocol: Protocol) -> usize {
 }
 
 /// Returns the offset of the packet identifier inside an encoded QoS 1 or
-/// QoS 2 PUBLISH frame, or `None` when `frame` is not a complete one.
+/// QoS 2 PUBLISH frame, or `None` when `frame` is not such a frame or ends
+/// before the identifier.
 ///
 /// The identifier sits right after the fixed header and the topic name.
 pub fn publish_packet_id_offset(frame: &[u8]) -> Option<usize> {
@@ -348,8 +352,8 @@ fn publish_body_len(publish: &Publish, protocol: Protocol) -> usize {
 fn encode_publish(publish: &Publish, protocol: Protocol, out: &mut BytesMut) {
     put_string(out, &publish.topic);
     if publish.qos != QoS::AtMostOnce {
-        // A QoS 1/2 message without an identifier is a caller bug; 0 keeps
-        // the frame's layout so that `patch_packet_id` can fill it in.
+        // Without an identifier, 0 is written as a placeholder that
+        // `patch_packet_id` fills in later.
         out.put_u16(publish.packet_id.unwrap_or(0));
     }
     encode_properties_if_v5(&publish.properties, protocol, out);

@@ -78,9 +78,9 @@ const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
 const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
 const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
 
-/// Packets (as a context mask) that may carry property `id`, from table 2-4
-/// of MQTT 5.0 section 2.2.2.2, or `None` for an identifier the
-/// specification does not define.
+/// Packets (as a context mask) that may carry property `id`, from the
+/// property table of MQTT 5.0 section 2.2.2.2, or `None` for an identifier
+/// the specification does not define.
 fn allowed_contexts(id: u8) -> Option<u16> {
     let mask = match id {
         PAYLOAD_FORMAT_INDICATOR

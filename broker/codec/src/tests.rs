@@ -736,7 +736,7 @@ fn subscribe_subscription_identifier() {
 
 #[test]
 fn subscribe_keeps_invalid_filter() {
-    // `sp+rt` breaks the wildcard rules; the broker answers SUBACK 0x8F.
+    // `sp+rt` breaks the wildcard rules, so the broker sends SUBACK 0x8F for it.
     let bytes = hex("82 0b 00 01 00 00 05 73 70 2b 72 74 00");
     let Packet::Subscribe(subscribe) = decode_one(&bytes, V5) else {
         panic!("expected SUBSCRIBE");

@@ -203,8 +203,7 @@ mod tests {
         assert_eq!(parse_shared("$sharex/g/a"), None);
     }
 
-    /// The non-normative examples of MQTT 5.0 sections 4.7.1.2, 4.7.1.3 and
-    /// 4.7.2.1.
+    /// Examples from MQTT 5.0 section 4.7, wildcards and `$` topics.
     #[test]
     fn matches_spec_examples() {
         let cases: &[(&str, &str, bool)] = &[
