@@ -1,0 +1,212 @@
+"""Sessions with paho-mqtt: clean start, session present, offline queues, takeover, expiry."""
+
+import time
+
+import pytest
+
+from mqtt_clients import BOTH_VERSIONS, PacketTypes, make_properties
+
+VERSIONS = pytest.mark.parametrize("version", BOTH_VERSIONS, ids=["v5", "v311"])
+
+SESSION_TAKEN_OVER = 0x8E
+
+
+def connect_persistent(client, clean_start=False):
+    """Connect with a session that outlives the connection.
+
+    MQTT 5 sends Session Expiry 60 s. MQTT 3.1.1 always sends Clean Session 0, because
+    Clean Session 1 also discards the session at disconnect. Each test uses fresh client
+    ids, so its first connection finds no old session in either version.
+    """
+    if client.version == 5:
+        return client.connect(clean_start=clean_start, session_expiry=60)
+    return client.connect(clean_start=False)
+
+
+@VERSIONS
+def test_clean_start_has_no_session(broker, mqtt, version):
+    client = mqtt(broker, f"clean-{version}", version)
+
+    connack = client.connect(clean_start=True)
+
+    assert connack.reason_code == 0
+    assert connack.session_present is False
+
+
+@VERSIONS
+def test_session_present_after_reconnect(broker, mqtt, version):
+    client = mqtt(broker, f"resume-{version}", version)
+    publisher = mqtt(broker, f"resume-pub-{version}", version)
+    publisher.connect()
+    first = connect_persistent(client, clean_start=True)
+    assert first.session_present is False
+    client.subscribe("resume/t", qos=1)
+    client.disconnect()
+
+    second = connect_persistent(client, clean_start=False)
+    publisher.publish("resume/t", "kept subscription", qos=1)
+
+    assert second.session_present is True
+    message = client.next_message()
+    assert message.payload == b"kept subscription"
+
+
+@VERSIONS
+def test_clean_start_discards_session(broker, mqtt, version):
+    client = mqtt(broker, f"discard-{version}", version)
+    publisher = mqtt(broker, f"discard-pub-{version}", version)
+    publisher.connect()
+    connect_persistent(client, clean_start=True)
+    client.subscribe("discard/old", qos=1)
+    client.disconnect()
+
+    connack = client.connect(clean_start=True)
+    client.subscribe("discard/marker", qos=1)
+    publisher.publish("discard/old", "stale subscription", qos=1)
+    publisher.publish("discard/marker", "marker", qos=1)
+
+    assert connack.session_present is False
+    message = client.next_message()
+    assert message.topic == "discard/marker"
+
+
+def test_zero_session_expiry_ends_session_v5(broker, mqtt):
+    client = mqtt(broker, "no-expiry", 5)
+    client.connect(clean_start=True)
+    client.subscribe("noexpiry/t", qos=1)
+    client.disconnect()
+
+    connack = client.connect(clean_start=False)
+
+    assert connack.session_present is False
+
+
+def test_session_expires_after_interval_v5(broker, mqtt):
+    client = mqtt(broker, "short-expiry", 5)
+    client.connect(clean_start=True, session_expiry=1)
+    client.subscribe("expiry/t", qos=1)
+    client.disconnect()
+
+    time.sleep(2.5)  # Let the 1 s session expiry pass with margin for timer granularity.
+    connack = client.connect(clean_start=False, session_expiry=1)
+
+    assert connack.session_present is False
+
+
+def test_disconnect_sets_session_expiry_zero_v5(broker, mqtt):
+    client = mqtt(broker, "expiry-on-disconnect", 5)
+    client.connect(clean_start=True, session_expiry=60)
+    client.subscribe("expiry/disconnect", qos=1)
+    client.disconnect(properties=make_properties(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
+
+    connack = client.connect(clean_start=False, session_expiry=60)
+
+    assert connack.session_present is False
+
+
+@VERSIONS
+def test_offline_messages_delivered_on_reconnect(broker, mqtt, version):
+    subscriber = mqtt(broker, f"offline-{version}", version)
+    publisher = mqtt(broker, f"offline-pub-{version}", version)
+    publisher.connect()
+    connect_persistent(subscriber, clean_start=True)
+    subscriber.subscribe("offline/t", qos=2)
+    subscriber.disconnect()
+
+    publisher.publish("offline/t", "qos1 while offline", qos=1)
+    publisher.publish("offline/t", "qos2 while offline", qos=2)
+    connack = connect_persistent(subscriber, clean_start=False)
+
+    assert connack.session_present is True
+    first, second = subscriber.collect(2)
+    assert first.payload == b"qos1 while offline"
+    assert first.qos == 1
+    assert second.payload == b"qos2 while offline"
+    assert second.qos == 2
+    subscriber.assert_no_message(0.3)
+
+
+@VERSIONS
+def test_offline_queue_survives_second_reconnect(broker, mqtt, version):
+    # Messages acknowledged on the first reconnect must not come again on the next one.
+    subscriber = mqtt(broker, f"offline-twice-{version}", version)
+    publisher = mqtt(broker, f"offline-twice-pub-{version}", version)
+    publisher.connect()
+    connect_persistent(subscriber, clean_start=True)
+    subscriber.subscribe("twice/t", qos=1)
+    subscriber.disconnect()
+    publisher.publish("twice/t", "first batch", qos=1)
+    connect_persistent(subscriber)
+    assert subscriber.next_message().payload == b"first batch"
+    subscriber.disconnect()
+
+    publisher.publish("twice/t", "second batch", qos=1)
+    connect_persistent(subscriber)
+
+    message = subscriber.next_message()
+    assert message.payload == b"second batch"
+    subscriber.assert_no_message(0.3)
+
+
+def test_max_queued_messages_bounds_offline_queue(broker_factory, mqtt):
+    broker = broker_factory("--max-queued-messages", "5")
+    subscriber = mqtt(broker, "bounded-queue", 5)
+    publisher = mqtt(broker, "bounded-queue-pub", 5)
+    publisher.connect()
+    subscriber.connect(clean_start=True, session_expiry=60)
+    subscriber.subscribe("bounded/t", qos=1)
+    subscriber.disconnect()
+
+    for index in range(12):
+        publisher.publish("bounded/t", str(index), qos=1)
+    subscriber.connect(clean_start=False, session_expiry=60)
+
+    queued = subscriber.collect_for(1.0)
+    assert 1 <= len(queued) <= 5, f"expected 1 to 5 queued messages, got {len(queued)}"
+
+
+def test_takeover_disconnects_first_v5(broker, mqtt):
+    first = mqtt(broker, "takeover", 5)
+    second = mqtt(broker, "takeover", 5)
+    publisher = mqtt(broker, "takeover-pub", 5)
+    publisher.connect()
+    first.connect()
+
+    second.connect(clean_start=True)
+
+    assert first.wait_disconnected() == SESSION_TAKEN_OVER
+    assert first.disconnect_from_server is True
+    second.subscribe("takeover/t", qos=1)
+    publisher.publish("takeover/t", "to second", qos=1)
+    assert second.next_message().payload == b"to second"
+    assert second.is_connected()
+
+
+def test_takeover_keeps_persistent_session_v5(broker, mqtt):
+    first = mqtt(broker, "takeover-session", 5)
+    second = mqtt(broker, "takeover-session", 5)
+    publisher = mqtt(broker, "takeover-session-pub", 5)
+    publisher.connect()
+    first.connect(clean_start=True, session_expiry=60)
+    first.subscribe("takeover/session", qos=1)
+
+    connack = second.connect(clean_start=False, session_expiry=60)
+    publisher.publish("takeover/session", "after takeover", qos=1)
+
+    assert connack.session_present is True
+    assert first.wait_disconnected() == SESSION_TAKEN_OVER
+    assert second.next_message().payload == b"after takeover"
+    first.assert_no_message(0.3)
+
+
+def test_takeover_closes_first_v311(broker, mqtt):
+    first = mqtt(broker, "takeover-311", 311)
+    second = mqtt(broker, "takeover-311", 311)
+    first.connect(clean_start=False)
+    first.subscribe("takeover311/t", qos=1)
+
+    connack = second.connect(clean_start=False)
+
+    first.wait_disconnected()
+    assert connack.session_present is True
+    assert second.is_connected()
