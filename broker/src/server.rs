@@ -4,8 +4,9 @@
 
 use std::net::SocketAddr;
 use std::os::unix::io::{FromRawFd, IntoRawFd, RawFd};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -29,6 +30,16 @@ const MESH_CHANNEL_CAPACITY: usize = 4096;
 /// broker does no file I/O through glommio, and registered memory counts
 /// against RLIMIT_MEMLOCK (often 8 MiB), so keep it at glommio's minimum.
 const EXECUTOR_IO_MEMORY: usize = 64 * 1024;
+
+/// How often each shard checks whether a shutdown was requested.
+const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Time given to writers to flush the final DISCONNECT before exit.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Set by the signal thread on SIGTERM or SIGINT.
+// Ordering: a flag with no data behind it; Relaxed suffices.
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
 /// Pending connections the kernel queues per listening socket.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -109,6 +120,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         info!(protocol = %listener.protocol, addr = %listener.address, "listening");
     }
 
+    spawn_signal_thread()?;
     let cpus = allowed_cpus();
     let mesh = MeshBuilder::<ShardMsg, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
     let connections = Arc::new(AtomicUsize::new(0));
@@ -137,7 +149,43 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             error!(%error, "shard executor failed");
         }
     }
+    info!("stopped");
     Ok(())
+}
+
+/// Starts the thread that turns SIGTERM and SIGINT into a shutdown request.
+fn spawn_signal_thread() -> Result<(), ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|error| {
+        ServerError::Executor {
+            shard: 0,
+            message: format!("cannot install signal handlers: {error}"),
+        }
+    })?;
+    std::thread::Builder::new()
+        .name("coremq-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                info!(signal, "shutting down");
+                SHUTDOWN.store(true, Ordering::Relaxed);
+            }
+        })
+        .map_err(|error| ServerError::Executor {
+            shard: 0,
+            message: format!("cannot start the signal thread: {error}"),
+        })?;
+    Ok(())
+}
+
+/// Waits for a shutdown request, tells this shard's clients, and gives
+/// their writers time to flush.
+async fn watch_shutdown(shard: Shard) {
+    while !SHUTDOWN.load(Ordering::Relaxed) {
+        glommio::timer::sleep(SHUTDOWN_POLL_INTERVAL).await;
+    }
+    let closed = shard.shut_down_connections();
+    info!(connections = closed, "disconnecting clients");
+    glommio::timer::sleep(SHUTDOWN_GRACE).await;
 }
 
 async fn shard_main(
@@ -227,7 +275,8 @@ async fn shard_main(
             .instrument(span.clone()),
         ));
     }
-    for accept_loop in accept_loops {
-        accept_loop.await;
-    }
+    // The shard runs until a shutdown request; the accept loops and
+    // connection tasks end with the executor.
+    watch_shutdown(shard).await;
+    drop(accept_loops);
 }

@@ -146,6 +146,21 @@ impl Shard {
         self.state.borrow().limits.clone()
     }
 
+    /// Asks every connected client of this shard to close, with DISCONNECT
+    /// 0x8B (Server shutting down) for MQTT 5.0 clients. Returns how many
+    /// connections were told.
+    pub fn shut_down_connections(&self) -> usize {
+        let state = self.state.borrow();
+        let mut count = 0;
+        for session in state.sessions.values() {
+            if let Some(conn) = &session.conn {
+                conn.request_close(close_with(ReasonCode::SERVER_SHUTTING_DOWN));
+                count += 1;
+            }
+        }
+        count
+    }
+
     /// Number of sessions this shard owns, connected or not.
     pub fn session_count(&self) -> usize {
         self.state.borrow().sessions.len()
