@@ -6,7 +6,6 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,10 +19,10 @@ use coremq_codec::{
 use coremq_shard::{owner_shard, CloseRequest, Conn, Handoff, Shard, ShardMsg};
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use glommio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::listener::Transport;
 
 /// Time a new connection has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +53,7 @@ impl ConnectionContext {
 
 /// A socket accepted by a listener or handed over by another shard.
 pub struct Accepted {
-    pub stream: TcpStream,
+    pub stream: Transport,
     pub peer: SocketAddr,
     pub listener: usize,
     /// Bytes already read by the shard that accepted the connection.
@@ -90,12 +89,11 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
         buffered,
         assigned_client_id,
     } = accepted;
-    let _ = stream.set_nodelay(true);
+    stream.set_nodelay();
     let limits = context.shard.limits();
 
     // Read until one whole CONNECT is buffered.
     let mut buffer = BytesMut::from(&buffered[..]);
-    let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
     let pre_connect = DecodeContext {
         protocol: Protocol::V5,
         max_packet_size: limits.max_packet_size,
@@ -117,11 +115,18 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
                 return;
             }
         }
-        match stream.read(&mut scratch).await {
-            Ok(0) => return,
-            Ok(n) => buffer.extend_from_slice(&scratch[..n]),
-            Err(error) => {
+        let read = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+            Ok(stream.read(&mut scratch).await)
+        });
+        match read.await {
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => buffer.extend_from_slice(&scratch[..n]),
+            Ok(Err(error)) => {
                 debug!(%peer, %error, "connection closed before CONNECT");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "no CONNECT within the connect timeout; closing");
                 return;
             }
         }
@@ -186,7 +191,7 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
 
 /// Answers a CONNECT that cannot be decoded, then lets the socket close.
 async fn reject_connect(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     buffer: &[u8],
     peer: SocketAddr,
     error: &DecodeError,
@@ -226,7 +231,7 @@ fn connect_level(buffer: &[u8]) -> Option<u8> {
     buffer.get(index + 3 + name_len).copied()
 }
 
-async fn send_connack(stream: &mut TcpStream, protocol: Protocol, reason: ReasonCode) {
+async fn send_connack(stream: &mut Transport, protocol: Protocol, reason: ReasonCode) {
     let mut out = BytesMut::new();
     encode(
         &Packet::ConnAck(ConnAck {
@@ -256,27 +261,27 @@ fn assign_client_id(shard: &Shard) -> String {
 /// descriptor) and every byte read so far.
 async fn hand_over(
     context: &ConnectionContext,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     listener: usize,
     buffer: BytesMut,
     assigned_client_id: Option<String>,
     owner: usize,
 ) {
-    // SAFETY: `stream` owns a valid descriptor; dup gives the owner shard a
-    // descriptor of its own for the same socket before ours is closed.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    drop(stream);
-    if fd < 0 {
-        warn!(%peer, error = %std::io::Error::last_os_error(), "cannot duplicate socket for handoff; closing");
-        return;
-    }
+    let (fd, transport) = match stream.into_handoff() {
+        Ok(parts) => parts,
+        Err(error) => {
+            warn!(%peer, %error, "cannot duplicate socket for handoff; closing");
+            return;
+        }
+    };
     let handoff = Handoff {
         fd,
         buffered: buffer.to_vec(),
         peer,
         listener,
         assigned_client_id,
+        transport: Some(transport),
     };
     context
         .shard
@@ -286,7 +291,7 @@ async fn hand_over(
 
 async fn run_session(
     context: &ConnectionContext,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     buffer: BytesMut,
     connect: Connect,
@@ -346,7 +351,7 @@ async fn read_loop(
     context: &ConnectionContext,
     conn: &Rc<Conn>,
     client_id: &Arc<str>,
-    mut reader: ReadHalf<TcpStream>,
+    mut reader: ReadHalf<Transport>,
     mut buffer: BytesMut,
     keep_alive: Option<Duration>,
 ) -> Ending {
@@ -437,7 +442,7 @@ fn resolve_alias(
 /// Flushes the connection's output whenever there is some, then sends the
 /// final DISCONNECT (if any) and shuts the socket down once a close is
 /// requested.
-async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<TcpStream>) {
+async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<Transport>) {
     loop {
         conn.ready().await;
         let output = conn.take_output();

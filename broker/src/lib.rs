@@ -9,4 +9,5 @@
 
 pub mod config;
 pub mod connection;
+pub mod listener;
 pub mod server;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
@@ -20,6 +20,7 @@ use coremq_shard::{Shard, ShardMsg};
 
 use crate::config::{allowed_cpus, Config, ListenerProtocol};
 use crate::connection::{self, Accepted, ConnectionContext};
+use crate::listener::Transport;
 
 /// Capacity of each shard-to-shard channel, in messages. Large enough that
 /// a burst of publishes to another shard rarely waits, small enough that a
@@ -213,7 +214,8 @@ async fn shard_main(
                         ShardMsg::Handoff(handoff) => {
                             // SAFETY: the sending shard gave up this descriptor
                             // (it sent a dup and closed its own), so it is ours.
-                            let stream = unsafe { TcpStream::from_raw_fd(handoff.fd) };
+                            let stream =
+                                unsafe { Transport::from_handoff(handoff.fd, handoff.transport) };
                             let accepted = Accepted {
                                 stream,
                                 peer: handoff.peer,
@@ -254,7 +256,7 @@ async fn shard_main(
                                 Err(_) => continue,
                             };
                             let accepted = Accepted {
-                                stream,
+                                stream: Transport::Tcp(stream),
                                 peer,
                                 listener: index,
                                 buffered: Vec::new(),

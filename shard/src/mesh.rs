@@ -1,5 +1,6 @@
 //! Messages exchanged between shards over the channel mesh.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
@@ -15,7 +16,6 @@ pub type Ack = futures_channel::oneshot::Sender<()>;
 
 /// A connection accepted on one shard and moved to the shard that owns its
 /// session: the socket and the bytes already read from it.
-#[derive(Debug)]
 pub struct Handoff {
     /// Owned socket descriptor; the receiver closes it.
     pub fd: RawFd,
@@ -27,6 +27,20 @@ pub struct Handoff {
     /// Client identifier the accepting shard assigned, when the client sent
     /// an empty one.
     pub assigned_client_id: Option<String>,
+    /// State of the transport above the socket (TLS session, WebSocket
+    /// framing), opaque to the engine.
+    pub transport: Option<Box<dyn Any + Send>>,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("fd", &self.fd)
+            .field("buffered", &self.buffered.len())
+            .field("peer", &self.peer)
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One message on the shard mesh.
