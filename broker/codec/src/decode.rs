@@ -248,6 +248,11 @@ fn decode_connect(reader: &mut Reader) -> Result<Connect, DecodeError> {
 
     let keep_alive = reader.read_u16("keep alive")?;
     let properties = read_properties_if_v5(reader, protocol, PropertyContext::Connect)?;
+    if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+        return Err(DecodeError::Protocol(
+            "CONNECT: authentication data without an authentication method".to_string(),
+        ));
+    }
     let client_id = reader.read_string("client identifier")?;
 
     let will = if will_flag {
@@ -426,6 +431,11 @@ fn decode_subscribe(reader: &mut Reader, protocol: Protocol) -> Result<Subscribe
         let filter = reader.read_string("topic filter")?;
         let options =
             decode_subscription_options(reader.read_u8("subscription options")?, protocol)?;
+        if options.no_local && crate::topic::parse_shared(&filter).is_some() {
+            return Err(DecodeError::Protocol(format!(
+                "SUBSCRIBE: No Local is set on the shared subscription {filter:?}"
+            )));
+        }
         filters.push((filter, options));
     }
     if filters.is_empty() {

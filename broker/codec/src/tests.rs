@@ -261,6 +261,25 @@ fn connect_property_values() {
 }
 
 #[test]
+fn connect_auth_data_without_method() {
+    let bytes = hex("10 12 00 04 4d 51 54 54 05 02 00 3c 05 16 00 02 01 02 00 00");
+    assert_protocol_error(&bytes, V5);
+    // With a method first, the same data is accepted.
+    let bytes = hex("10 15 00 04 4d 51 54 54 05 02 00 3c 08 15 00 01 58 16 00 01 01 00 00");
+    let Packet::Connect(connect) = decode_one(&bytes, V5) else {
+        panic!("expected CONNECT");
+    };
+    assert_eq!(
+        connect.properties.authentication_method.as_deref(),
+        Some("X")
+    );
+    assert_eq!(
+        connect.properties.authentication_data.as_deref(),
+        Some(&b"\x01"[..])
+    );
+}
+
+#[test]
 fn connect_property_not_allowed() {
     // Topic Alias (0x23) belongs to PUBLISH only.
     let bytes = hex("10 12 00 04 4d 51 54 54 05 02 00 3c 03 23 00 01 00 02 74 31");
@@ -742,6 +761,21 @@ fn subscribe_keeps_invalid_filter() {
         panic!("expected SUBSCRIBE");
     };
     assert_eq!(subscribe.filters[0].0, "sp+rt");
+}
+
+#[test]
+fn subscribe_shared_no_local() {
+    // `$share/g/a` with No Local set.
+    assert_protocol_error(
+        &hex("82 10 00 01 00 00 0a 24 73 68 61 72 65 2f 67 2f 61 04"),
+        V5,
+    );
+    // Without No Local it is accepted.
+    let bytes = hex("82 10 00 01 00 00 0a 24 73 68 61 72 65 2f 67 2f 61 01");
+    let Packet::Subscribe(subscribe) = decode_one(&bytes, V5) else {
+        panic!("expected SUBSCRIBE");
+    };
+    assert_eq!(subscribe.filters[0].0, "$share/g/a");
 }
 
 #[test]

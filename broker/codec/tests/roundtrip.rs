@@ -39,7 +39,10 @@ fn topic_name() -> impl Strategy<Value = String> {
 /// Topic Filters, wildcards included. The decoder keeps any UTF-8 filter,
 /// so these need not be valid.
 fn topic_filter() -> impl Strategy<Value = String> {
-    "[a-z0-9/+#$]{1,16}"
+    prop_oneof![
+        "[a-z0-9/+#$]{1,16}",
+        "\\$share/[a-z+]{0,3}/[a-z0-9/+#]{0,8}",
+    ]
 }
 
 fn binary() -> impl Strategy<Value = Bytes> {
@@ -97,8 +100,10 @@ fn connect_properties() -> impl Strategy<Value = Properties> {
                 user_properties,
             )| Properties {
                 session_expiry_interval,
+                // CONNECT may carry Authentication Data only with a method.
+                authentication_data: authentication_data
+                    .filter(|_| authentication_method.is_some()),
                 authentication_method,
-                authentication_data,
                 request_problem_information,
                 request_response_information,
                 receive_maximum,
@@ -442,7 +447,13 @@ fn subscribe(protocol: Protocol) -> impl Strategy<Value = Packet> {
         for_version(protocol, subscribe_properties()),
         vec((topic_filter(), subscription_options(protocol)), 1..4),
     )
-        .prop_map(|(packet_id, properties, filters)| {
+        .prop_map(|(packet_id, properties, mut filters)| {
+            // No Local on a shared subscription is a Protocol Error.
+            for (filter, options) in &mut filters {
+                if filter.starts_with("$share/") {
+                    options.no_local = false;
+                }
+            }
             Packet::Subscribe(Subscribe {
                 packet_id,
                 properties,
