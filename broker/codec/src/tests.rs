@@ -108,7 +108,7 @@ fn connect_with_will_v5() {
 
 #[test]
 fn connect_v311_with_credentials() {
-    // Level 4, flags: username, password, clean session; keep alive 10.
+    // Level 4 with user name, password and clean session set, keep alive 10.
     let bytes = hex("10 15 00 04 4d 51 54 54 04 c2 00 0a 00 01 63 00 01 75 00 03 70 77 64");
     let packet = decode_one(&bytes, V5);
     let Packet::Connect(connect) = &packet else {

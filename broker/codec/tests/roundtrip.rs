@@ -649,8 +649,8 @@ proptest! {
         }
     }
 
-    /// Random bytes behind a valid fixed header reach the body decoders,
-    /// which a random first byte rarely does.
+    /// Random bodies behind a Remaining Length that matches them reach the
+    /// body decoders, which fully random input rarely does.
     #[test]
     fn random_bodies_never_panic(
         first_byte in any::<u8>(),
