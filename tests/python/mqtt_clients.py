@@ -104,15 +104,17 @@ class MqttClient:
         will: dict[str, Any] | None = None,
         manual_ack: bool = False,
         max_inflight: int | None = None,
+        keepalive: int = 60,
         expect_success: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> ConnAck:
         """Connect, wait for CONNACK and return it.
 
         For MQTT 3.1.1, clean_start is sent as the Clean Session flag. session_expiry adds
-        the MQTT 5 Session Expiry Interval property in seconds. will contains the keyword
-        arguments of paho's `will_set`. Raises AssertionError when no CONNACK arrives or
-        when expect_success is set and the CONNACK carries an error reason code.
+        the MQTT 5 Session Expiry Interval property. Both it and keepalive are in seconds.
+        will contains the keyword arguments of paho's `will_set`. Raises AssertionError
+        when no CONNACK arrives, or when expect_success is set and the CONNACK carries an
+        error reason code.
         """
         self._reset_connection_state()
         self._manual_ack = manual_ack
@@ -144,12 +146,16 @@ class MqttClient:
                     properties = Properties(PacketTypes.CONNECT)
                 properties.SessionExpiryInterval = session_expiry
             client.connect(
-                self.host, self.port, clean_start=clean_start, properties=properties
+                self.host,
+                self.port,
+                keepalive=keepalive,
+                clean_start=clean_start,
+                properties=properties,
             )
         else:
             if session_expiry is not None or properties is not None:
                 raise ValueError("MQTT 3.1.1 has no CONNECT properties")
-            client.connect(self.host, self.port)
+            client.connect(self.host, self.port, keepalive=keepalive)
         client.loop_start()
 
         if not self._connected.wait(timeout):

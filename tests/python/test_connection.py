@@ -1,0 +1,116 @@
+"""Connection limits with paho-mqtt: keep alive, assigned client ids, max connections."""
+
+import socket
+import time
+
+import pytest
+
+from mqtt_clients import wait_until
+
+KEEP_ALIVE_TIMEOUT = 0x8D
+PINGRESP = b"\xd0\x00"
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """Read from sock until the peer closes it and return the bytes. Fails after timeout."""
+    deadline = time.monotonic() + timeout
+    received = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"broker kept the connection open for {timeout} s; read {received!r}")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def test_silent_client_closed_after_keep_alive(broker, mqtt):
+    client = mqtt(broker, "silent", 5)
+    client.connect(keepalive=1)
+    sock = client.paho.socket()
+
+    # Stop paho's network thread but keep the socket open, so no PINGREQ goes out.
+    client.paho.loop_stop()
+    silent_since = time.monotonic()
+    received = read_until_closed(sock, timeout=6.0)
+    elapsed = time.monotonic() - silent_since
+
+    # A PINGRESP to paho's last PINGREQ may still arrive before the close.
+    while received.startswith(PINGRESP):
+        received = received[len(PINGRESP):]
+    # The broker may send DISCONNECT 0x8D (Keep Alive timeout) before it closes.
+    if received:
+        assert received[0] == 0xE0, f"expected DISCONNECT or EOF, got {received!r}"
+        assert len(received) >= 3, f"DISCONNECT without a reason code: {received!r}"
+        assert received[2] == KEEP_ALIVE_TIMEOUT
+    # MQTT allows 1.5 times the keep alive after the last packet from the client.
+    assert elapsed <= 3.5, f"closed {elapsed:.2f} s after the client went silent"
+
+
+def test_pinging_client_stays_connected(broker, mqtt):
+    client = mqtt(broker, "pinging", 5)
+    client.connect(keepalive=1)
+    publisher = mqtt(broker, "pinging-pub", 5)
+    publisher.connect()
+    client.subscribe("ping/t", qos=1)
+
+    time.sleep(3.0)  # Three keep-alive periods, each bridged only by paho's PINGREQ.
+    publisher.publish("ping/t", "still here", qos=1)
+
+    assert client.is_connected()
+    assert client.next_message().payload == b"still here"
+
+
+def test_max_keep_alive_in_connack(broker_factory, mqtt):
+    broker = broker_factory("--max-keep-alive", "5")
+    client = mqtt(broker, "keepalive-capped", 5)
+
+    connack = client.connect(keepalive=60)
+
+    assert connack.properties.ServerKeepAlive == 5
+
+
+def test_empty_client_id_assigned_v5(broker, mqtt):
+    client = mqtt(broker, "", 5)
+
+    connack = client.connect(clean_start=True)
+
+    assert connack.reason_code == 0
+    assigned = connack.properties.AssignedClientIdentifier
+    assert assigned, "CONNACK has no Assigned Client Identifier for an empty client id"
+
+
+def test_empty_client_id_accepted_v311(broker, mqtt):
+    client = mqtt(broker, "", 311)
+
+    connack = client.connect(clean_start=True)
+
+    assert connack.reason_code == 0
+
+
+def test_max_connections_rejects_extra(broker_factory, mqtt):
+    broker = broker_factory("--max-connections", "3")
+    clients = [mqtt(broker, f"limited-{index}", 5) for index in range(3)]
+    for client in clients:
+        client.connect()
+
+    extra = mqtt(broker, "limited-extra", 5)
+    rejected = extra.connect(expect_success=False)
+
+    # A CONNACK error (0x97 Quota exceeded, for example) and a closed socket both reject.
+    assert rejected.reason_code >= 0x80
+    clients[0].disconnect()
+
+    replacement = mqtt(broker, "limited-replacement", 5)
+
+    def replacement_connects():
+        return replacement.connect(expect_success=False).reason_code == 0
+
+    wait_until(replacement_connects, 3.0, "a connection after one of 3 closed")
