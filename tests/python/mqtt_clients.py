@@ -92,7 +92,7 @@ class MqttClient:
         self._subacks: dict[int, list[int]] = {}
         self._unsubacks: dict[int, list[int]] = {}
         self._pubacks: dict[int, int] = {}
-        self._manual_ack = False
+        self._wrapper_acks = True
 
     # Connection
 
@@ -103,6 +103,7 @@ class MqttClient:
         properties: Properties | None = None,
         will: dict[str, Any] | None = None,
         manual_ack: bool = False,
+        paho_acks: bool = False,
         max_inflight: int | None = None,
         keepalive: int = 60,
         expect_success: bool = True,
@@ -112,12 +113,17 @@ class MqttClient:
 
         For MQTT 3.1.1, clean_start is sent as the Clean Session flag. session_expiry adds
         the MQTT 5 Session Expiry Interval property. Both it and keepalive are in seconds.
-        will contains the keyword arguments of paho's `will_set`. Raises AssertionError
+        will contains the keyword arguments of paho's `will_set`. paho_acks lets paho send
+        PUBACK and PUBCOMP itself after on_message returns. Only that mode completes a PUBREL
+        that a previous connection's QoS 2 message left open, but a DISCONNECT sent right
+        after a message arrives may then overtake its acknowledgement. Raises AssertionError
         when no CONNACK arrives, or when expect_success is set and the CONNACK carries an
         error reason code.
         """
         self._reset_connection_state()
-        self._manual_ack = manual_ack
+        if manual_ack and paho_acks:
+            raise ValueError("manual_ack and paho_acks cannot both be set")
+        self._wrapper_acks = not (manual_ack or paho_acks)
         is_v5 = self.version == 5
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -125,8 +131,8 @@ class MqttClient:
             clean_session=None if is_v5 else clean_start,
             protocol=PAHO_PROTOCOLS[self.version],
             reconnect_on_failure=False,
-            # The wrapper sends every acknowledgement itself; see _on_message.
-            manual_ack=True,
+            # Unless paho_acks is set, the wrapper sends every acknowledgement (see _on_message).
+            manual_ack=not paho_acks,
         )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -360,7 +366,7 @@ class MqttClient:
     def _on_message(self, client, userdata, message) -> None:
         # Queue the PUBACK or PUBCOMP before the test can see the message, so a DISCONNECT
         # that the test sends next cannot overtake it and make the broker resend.
-        if not self._manual_ack and message.qos > 0:
+        if self._wrapper_acks and message.qos > 0:
             client.ack(message.mid, message.qos)
         self.messages.put(message)
 

@@ -210,3 +210,47 @@ def test_takeover_closes_first_v311(broker, mqtt):
     first.wait_disconnected()
     assert connack.session_present is True
     assert second.is_connected()
+
+
+@VERSIONS
+def test_unacked_qos1_redelivered_with_dup(broker, mqtt, version):
+    subscriber = mqtt(broker, f"redeliver-{version}", version)
+    publisher = mqtt(broker, f"redeliver-pub-{version}", version)
+    publisher.connect()
+    if version == 5:
+        subscriber.connect(clean_start=True, session_expiry=60, manual_ack=True)
+    else:
+        subscriber.connect(clean_start=False, manual_ack=True)
+    subscriber.subscribe("redeliver/t", qos=1)
+    publisher.publish("redeliver/t", "unacknowledged", qos=1)
+    first = subscriber.next_message()
+    assert first.dup is False
+
+    subscriber.drop()
+    connect_persistent(subscriber)
+    again = subscriber.next_message()
+
+    assert again.payload == b"unacknowledged"
+    assert again.qos == 1
+    assert again.dup is True
+
+
+def test_qos2_resumes_at_pubrel_v5(broker, mqtt):
+    # After PUBREC the broker owes PUBREL, not the PUBLISH, so the message must not be
+    # delivered a second time on reconnect.
+    subscriber = mqtt(broker, "qos2-resume", 5)
+    publisher = mqtt(broker, "qos2-resume-pub", 5)
+    publisher.connect()
+    subscriber.connect(clean_start=True, session_expiry=60, manual_ack=True)
+    subscriber.subscribe("resume2/t", qos=2)
+    publisher.publish("resume2/t", "exactly once", qos=2)
+    # Paho passes a QoS 2 message on after PUBREL and delays PUBCOMP until ack().
+    assert subscriber.next_message().payload == b"exactly once"
+
+    subscriber.drop()
+    subscriber.connect(clean_start=False, session_expiry=60, paho_acks=True)
+    publisher.publish("resume2/t", "next", qos=2)
+
+    message = subscriber.next_message()
+    assert message.payload == b"next"
+    subscriber.assert_no_message(0.3)
