@@ -4,6 +4,13 @@ no local, message expiry, request/response, topic aliases, flow control, packet 
 import time
 
 from mqtt_clients import PacketTypes, SubscribeOptions, make_properties
+from mqtt_packets import (
+    DISCONNECT,
+    PUBREC,
+    encode_publish_qos2_v5,
+    read_until_closed,
+    split_packets,
+)
 
 RECEIVE_MAXIMUM_EXCEEDED = 0x93
 TOPIC_ALIAS_INVALID = 0x94
@@ -302,14 +309,21 @@ def test_client_receive_maximum_limits_inflight(broker, mqtt):
 def test_exceeding_receive_maximum_disconnects(broker_factory, mqtt):
     broker = broker_factory("--receive-maximum", "2")
     publisher = mqtt(broker, "flow-exceed", 5)
-    # max_inflight 0 lets paho ignore the broker's limit. QoS 2 messages stay unacknowledged
-    # until PUBCOMP, which needs a round trip, so the burst exceeds the limit.
-    publisher.connect(max_inflight=0)
+    assert publisher.connect().properties.ReceiveMaximum == 2
+    # With paho's network thread stopped, no PUBREL goes out, so all three QoS 2 messages
+    # stay unacknowledged and the third exceeds the limit. Raw bytes keep paho from
+    # writing after the broker has closed, which could turn the close into a reset that
+    # discards the DISCONNECT.
+    publisher.paho.loop_stop()
+    sock = publisher.paho.socket()
 
-    for index in range(50):
-        publisher.publish("flow/exceed", str(index), qos=2, wait=False)
+    burst = b"".join(encode_publish_qos2_v5("flow/exceed", packet_id, b"x") for packet_id in (1, 2, 3))
+    sock.sendall(burst)
+    packets = split_packets(read_until_closed(sock, timeout=5.0))
 
-    assert publisher.wait_disconnected() == RECEIVE_MAXIMUM_EXCEEDED
+    first_bytes = [first_byte for first_byte, _ in packets]
+    assert first_bytes == [PUBREC, PUBREC, DISCONNECT], f"got {packets!r}"
+    assert packets[-1][1][:1] == bytes([RECEIVE_MAXIMUM_EXCEEDED])
 
 
 # Packet size
