@@ -254,3 +254,39 @@ def test_qos2_resumes_at_pubrel_v5(broker, mqtt):
     message = subscriber.next_message()
     assert message.payload == b"next"
     subscriber.assert_no_message(0.3)
+
+
+def test_repeated_takeover_chain(broker, mqtt):
+    # Each new TCP connection may be accepted on either shard, so a chain of takeovers
+    # exercises the hand-off to the session's owner shard from both sides.
+    publisher = mqtt(broker, "chain-pub", 5)
+    publisher.connect()
+    previous = None
+    for round_number in range(6):
+        current = mqtt(broker, "chain", 5)
+        connack = current.connect(clean_start=False, session_expiry=60)
+        if previous is None:
+            current.subscribe("chain/t", qos=1)
+        else:
+            assert connack.session_present is True, f"round {round_number}"
+            assert previous.wait_disconnected() == SESSION_TAKEN_OVER, f"round {round_number}"
+        previous = current
+
+    publisher.publish("chain/t", "to the last", qos=1)
+    assert previous.next_message().payload == b"to the last"
+
+
+def test_v5_takes_over_v311_session(broker, mqtt):
+    old = mqtt(broker, "cross-version", 311)
+    old.connect(clean_start=False)
+    old.subscribe("crossversion/t", qos=1)
+    publisher = mqtt(broker, "cross-version-pub", 5)
+    publisher.connect()
+
+    new = mqtt(broker, "cross-version", 5)
+    connack = new.connect(clean_start=False, session_expiry=60)
+    old.wait_disconnected()
+    publisher.publish("crossversion/t", "kept across versions", qos=1)
+
+    assert connack.session_present is True
+    assert new.next_message().payload == b"kept across versions"
