@@ -60,6 +60,35 @@ fn default_protocol() -> ListenerProtocol {
     ListenerProtocol::Tcp
 }
 
+/// Storage section of the config file; every field optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StorageConfig {
+    /// `rocksdb` (default), `mysql`, `redis`, or `memory` (nothing survives
+    /// a restart).
+    pub backend: Option<String>,
+    /// RocksDB directory; default `./data`.
+    pub data_dir: Option<PathBuf>,
+    /// Server URL for `mysql` and `redis`, such as
+    /// `mysql://user:password@127.0.0.1:3306/coremq` or `redis://127.0.0.1:6379/0`.
+    pub url: Option<String>,
+    /// `fsync` (default): acknowledge a QoS 1/2 message only after its group
+    /// commit reached stable storage; `none`: once the backend accepted it.
+    pub durability: Option<String>,
+}
+
+/// Where the broker keeps sessions, retained messages and the message log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Memory,
+    Rocksdb { data_dir: PathBuf },
+    Mysql { url: String },
+    Redis { url: String },
+}
+
+/// Default RocksDB directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
 /// Limits section of the config file; every field optional.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -95,6 +124,8 @@ pub struct FileConfig {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
 }
 
 /// Settings from the command line that override the file.
@@ -103,6 +134,7 @@ pub struct Overrides {
     pub listen: Vec<SocketAddr>,
     pub shards: Option<usize>,
     pub limits: LimitsConfig,
+    pub storage: StorageConfig,
 }
 
 /// Checked configuration the broker runs with.
@@ -112,6 +144,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub limits: Limits,
     pub max_connections: usize,
+    pub storage: Storage,
+    /// True when QoS 1/2 acknowledgements wait for fsync.
+    pub fsync: bool,
 }
 
 /// Default TCP listener when neither the file nor the command line names one.
@@ -243,6 +278,8 @@ impl Config {
             }
         };
 
+        let (storage, fsync) = storage_from(file.storage, overrides.storage)?;
+
         Ok(Config {
             shards,
             listeners,
@@ -257,8 +294,49 @@ impl Config {
                 max_output_buffer,
             },
             max_connections,
+            storage,
+            fsync,
         })
     }
+}
+
+fn storage_from(file: StorageConfig, cli: StorageConfig) -> Result<(Storage, bool), ConfigError> {
+    let backend = cli.backend.or(file.backend).unwrap_or_else(|| "rocksdb".to_owned());
+    let url = cli.url.or(file.url);
+    let need_url = |name: &str| {
+        url.clone().ok_or_else(|| ConfigError::Invalid {
+            key: "storage.url",
+            message: format!("the {name} backend needs a server URL; set storage.url or --storage-url"),
+        })
+    };
+    let storage = match backend.as_str() {
+        "memory" => Storage::Memory,
+        "rocksdb" => Storage::Rocksdb {
+            data_dir: cli
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        },
+        "mysql" => Storage::Mysql { url: need_url("mysql")? },
+        "redis" => Storage::Redis { url: need_url("redis")? },
+        other => {
+            return Err(ConfigError::Invalid {
+                key: "storage.backend",
+                message: format!("{other:?} is not a backend; use \"rocksdb\", \"mysql\", \"redis\" or \"memory\""),
+            })
+        }
+    };
+    let fsync = match cli.durability.or(file.durability).as_deref() {
+        None | Some("fsync") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: "storage.durability",
+                message: format!("{other:?} is not a durability setting; use \"fsync\" or \"none\""),
+            })
+        }
+    };
+    Ok((storage, fsync))
 }
 
 fn merge_limits(file: LimitsConfig, cli: LimitsConfig) -> LimitsConfig {

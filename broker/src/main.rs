@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use coremq::config::{Config, LimitsConfig, Overrides};
+use coremq::config::{Config, LimitsConfig, Overrides, StorageConfig};
 use tracing::error;
 
 #[global_allocator]
@@ -49,6 +49,20 @@ struct Cli {
     /// Largest keep alive granted, in seconds [default: 65535].
     #[arg(long, value_name = "SECS")]
     max_keep_alive: Option<u64>,
+    /// Storage backend: rocksdb, mysql, redis, or memory (nothing survives
+    /// a restart) [default: rocksdb].
+    #[arg(long, value_name = "BACKEND")]
+    storage: Option<String>,
+    /// RocksDB directory [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Server URL for the mysql and redis backends.
+    #[arg(long, value_name = "URL")]
+    storage_url: Option<String>,
+    /// fsync: acknowledge QoS 1/2 messages once on stable storage; none:
+    /// once the backend accepted them [default: fsync].
+    #[arg(long, value_name = "MODE")]
+    durability: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +80,12 @@ fn main() -> ExitCode {
             queue_drop_policy: cli.queue_drop_policy,
             max_keep_alive: cli.max_keep_alive,
             ..Default::default()
+        },
+        storage: StorageConfig {
+            backend: cli.storage,
+            data_dir: cli.data_dir,
+            url: cli.storage_url,
+            durability: cli.durability,
         },
     };
     let config = match Config::load(cli.config.as_deref(), overrides) {

@@ -16,9 +16,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 use tracing::{error, info, warn, Instrument};
 
-use coremq_shard::{Shard, ShardMsg};
+use coremq_shard::persist::LOG_QUEUE;
+use coremq_shard::{owner_shard, Persistence, Shard, ShardMsg};
+use coremq_wal::{
+    Durability, HandleConfig, Message, MysqlConfig, MysqlStore, RedisConfig, RedisStore, RocksConfig,
+    RocksStore, SessionRecord, Store, StoreHandle,
+};
+use futures_lite::future;
 
-use crate::config::{allowed_cpus, Config, ListenerProtocol};
+use crate::config::{allowed_cpus, Config, ListenerProtocol, Storage};
 use crate::connection::{self, Accepted, ConnectionContext};
 use crate::listener::Transport;
 
@@ -54,6 +60,64 @@ pub enum ServerError {
     },
     #[error("cannot start executor for shard {shard}: {message}")]
     Executor { shard: usize, message: String },
+    #[error("cannot open the {backend} store: {source}")]
+    Store {
+        backend: &'static str,
+        source: coremq_wal::StoreError,
+    },
+}
+
+/// What the store held at start-up.
+struct Recovered {
+    persistence: Persistence,
+    sessions: Arc<Vec<SessionRecord>>,
+    retained: Arc<Vec<Message>>,
+}
+
+/// Opens the configured store and reads what it holds. Returns `None` for
+/// the in-memory mode.
+fn open_store(config: &Config) -> Result<Option<Recovered>, ServerError> {
+    let durability = if config.fsync { Durability::Fsync } else { Durability::None };
+    let (backend, opened): (&'static str, Result<Arc<dyn Store>, coremq_wal::StoreError>) = match &config.storage {
+        Storage::Memory => return Ok(None),
+        Storage::Rocksdb { data_dir } => {
+            let mut rocks = RocksConfig::new(data_dir);
+            rocks.durability = durability;
+            ("rocksdb", RocksStore::open(&rocks).map(|s| Arc::new(s) as Arc<dyn Store>))
+        }
+        Storage::Mysql { url } => {
+            let mut mysql = MysqlConfig::new(url.clone());
+            mysql.durability = durability;
+            ("mysql", MysqlStore::open(&mysql).map(|s| Arc::new(s) as Arc<dyn Store>))
+        }
+        Storage::Redis { url } => {
+            let mut redis = RedisConfig::new(url.clone());
+            redis.durability = durability;
+            ("redis", RedisStore::open(&redis).map(|s| Arc::new(s) as Arc<dyn Store>))
+        }
+    };
+    let store = opened.map_err(|source| ServerError::Store { backend, source })?;
+    let handle = StoreHandle::spawn(store, HandleConfig::default()).map_err(|error| ServerError::Executor {
+        shard: 0,
+        message: format!("cannot start the store threads: {error}"),
+    })?;
+    let load = |source| ServerError::Store { backend, source };
+    let sessions = future::block_on(handle.list_sessions()).map_err(load)?;
+    let retained = future::block_on(handle.list_retained()).map_err(load)?;
+    let last_offset = future::block_on(handle.last_offset(LOG_QUEUE)).map_err(load)?.unwrap_or(0);
+    info!(
+        backend,
+        sessions = sessions.len(),
+        retained = retained.len(),
+        last_offset,
+        fsync = config.fsync,
+        "opened store"
+    );
+    Ok(Some(Recovered {
+        persistence: Persistence::new(handle, last_offset, config.shards),
+        sessions: Arc::new(sessions),
+        retained: Arc::new(retained),
+    }))
 }
 
 /// A listener's sockets: one per shard, all bound to the same address with
@@ -122,6 +186,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
 
     spawn_signal_thread()?;
+    let recovered = open_store(&config)?.map(Arc::new);
+    let restored = Arc::new(AtomicUsize::new(0));
     let cpus = allowed_cpus();
     let mesh = MeshBuilder::<ShardMsg, _>::full(config.shards, MESH_CHANNEL_CAPACITY);
     let connections = Arc::new(AtomicUsize::new(0));
@@ -131,6 +197,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let mesh = mesh.clone();
         let config = config.clone();
         let connections = connections.clone();
+        let recovered = recovered.clone();
+        let restored = restored.clone();
         let fds: Vec<(usize, SocketAddr, RawFd)> = listeners
             .iter()
             .map(|l| (l.index, l.address, l.fds[shard_index]))
@@ -138,7 +206,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("coremq-shard-{shard_index}"))
             .io_memory(EXECUTOR_IO_MEMORY)
-            .spawn(move || async move { shard_main(mesh, config, fds, connections).await })
+            .spawn(move || async move {
+                let startup = Startup {
+                    recovered,
+                    restored,
+                };
+                shard_main(mesh, config, fds, connections, startup).await
+            })
             .map_err(|error| ServerError::Executor {
                 shard: shard_index,
                 message: error.to_string(),
@@ -237,6 +311,23 @@ async fn shard_main(
             .instrument(span.clone()),
         )
         .detach();
+    }
+
+    // Rebuild this shard's sessions, then wait until every shard has, so no
+    // client reaches a session before it is back.
+    if let Some(recovered) = &startup.recovered {
+        let mine: Vec<SessionRecord> = recovered
+            .sessions
+            .iter()
+            .filter(|record| owner_shard(&record.client_id, config.shards) == shard.id())
+            .cloned()
+            .collect();
+        shard.restore(mine, recovered.retained.to_vec()).await;
+        shard.start_persistence();
+    }
+    startup.restored.fetch_add(1, Ordering::Relaxed);
+    while startup.restored.load(Ordering::Relaxed) < config.shards {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
     }
 
     let mut accept_loops = Vec::new();

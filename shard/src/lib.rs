@@ -18,6 +18,7 @@ mod conn;
 mod engine;
 mod mesh;
 mod message;
+pub mod persist;
 mod retained;
 mod session;
 pub mod trie;
@@ -26,6 +27,7 @@ pub use conn::{CloseRequest, Conn, ConnId};
 pub use engine::{ConnectOutcome, Shard};
 pub use mesh::{Handoff, ShardId, ShardMsg};
 pub use message::{Delivery, Publication};
+pub use persist::Persistence;
 
 /// What the broker does when an offline session's queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,6 +25,8 @@ pub struct Publication {
     /// Client identifier of the publisher, for the No Local option; `None`
     /// for messages the broker makes itself (wills use the client's id).
     pub publisher: Option<Arc<str>>,
+    /// Offset of the message in the durable log, when it was written there.
+    pub log_offset: Option<u64>,
 }
 
 impl Publication {

@@ -1,7 +1,8 @@
 //! Session state: subscriptions, the outbound QoS 1/2 window, the queue
 //! behind it, and the inbound QoS 2 exchanges not yet released.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -76,6 +77,17 @@ pub struct Session {
     pub client_receive_maximum: u16,
     /// Messages dropped from this session's queue since it was created.
     pub dropped: u64,
+    /// Log offsets of messages offered to this session and not completed.
+    pub log_pending: BTreeSet<u64>,
+    /// Log offsets completed above the acknowledged prefix.
+    pub log_done: BTreeSet<u64>,
+    /// Highest log offset offered to this session.
+    pub log_seen: u64,
+    /// Shard-wide list of sessions whose stored record is out of date;
+    /// `None` when the broker runs without a store.
+    pub journal: Option<Rc<RefCell<Vec<Arc<str>>>>>,
+    /// True while this session is on the journal.
+    pub dirty: bool,
 }
 
 impl Session {
@@ -94,12 +106,81 @@ impl Session {
             will: None,
             client_receive_maximum: u16::MAX,
             dropped: 0,
+            log_pending: BTreeSet::new(),
+            log_done: BTreeSet::new(),
+            log_seen: 0,
+            journal: None,
+            dirty: false,
         }
+    }
+
+    /// Queues this session's record to be written to the store.
+    pub fn mark_dirty(&mut self) {
+        if self.dirty {
+            return;
+        }
+        if let Some(journal) = &self.journal {
+            self.dirty = true;
+            journal.borrow_mut().push(self.client_id.clone());
+        }
+    }
+
+    fn log_start(&mut self, offset: u64) {
+        self.log_pending.insert(offset);
+        self.log_seen = self.log_seen.max(offset);
+        self.mark_dirty();
+    }
+
+    /// Records that the logged message of `delivery` needs nothing more
+    /// from this session: acknowledged, sent at QoS 0, expired or dropped.
+    fn log_finish(&mut self, delivery: &Delivery) {
+        if let Some(offset) = delivery.publication.log_offset {
+            if self.log_pending.remove(&offset) {
+                self.log_done.insert(offset);
+                self.mark_dirty();
+            }
+        }
+    }
+
+    /// Highest log offset below which every message offered to this
+    /// session is complete; replay after a restart starts above it.
+    pub fn log_acked(&mut self) -> u64 {
+        let acked = match self.log_pending.first() {
+            Some(first) => first - 1,
+            None => self.log_seen,
+        };
+        self.log_done = self.log_done.split_off(&(acked + 1));
+        acked
     }
 
     /// Offers a message to the session: sends it now when connected and the
     /// window allows, or queues it.
     pub fn offer(
+        &mut self,
+        delivery: Delivery,
+        limits: &Limits,
+        now: Instant,
+        frames: &mut FrameCache,
+    ) -> Offer {
+        let Some(offset) = delivery.publication.log_offset else {
+            return self.offer_unlogged(delivery, limits, now, frames);
+        };
+        self.log_start(offset);
+        let qos = delivery.qos;
+        let publication = delivery.publication.clone();
+        let outcome = self.offer_unlogged(delivery, limits, now, frames);
+        if outcome == Offer::Dropped || (outcome == Offer::Sent && qos == QoS::AtMostOnce) {
+            self.log_finish(&Delivery {
+                publication,
+                qos,
+                retain: false,
+                subscription_ids: Vec::new(),
+            });
+        }
+        outcome
+    }
+
+    fn offer_unlogged(
         &mut self,
         delivery: Delivery,
         limits: &Limits,
@@ -136,7 +217,9 @@ impl Session {
             match limits.queue_drop_policy {
                 DropPolicy::DropNew => return Offer::Dropped,
                 DropPolicy::DropOldest => {
-                    self.queue.pop_front();
+                    if let Some(oldest) = self.queue.pop_front() {
+                        self.log_finish(&oldest);
+                    }
                 }
             }
         }
@@ -158,10 +241,12 @@ impl Session {
                 break;
             };
             if delivery.publication.is_expired(now) {
+                self.log_finish(&delivery);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
                 write_publish(&conn, &delivery, None, false, now, None);
+                self.log_finish(&delivery);
             } else {
                 self.send_new(&conn, delivery, now, None);
             }
@@ -180,6 +265,7 @@ impl Session {
         if !written {
             // Too large for the client, or expired: behave as if it was
             // sent and acknowledged, so the window does not fill up.
+            self.log_finish(&delivery);
             return;
         }
         let state = if delivery.qos == QoS::AtLeastOnce {
@@ -199,6 +285,16 @@ impl Session {
                 return id;
             }
         }
+    }
+
+    /// Puts back an in-flight exchange read from the store, under the
+    /// packet id the client already knows it by.
+    pub fn restore_inflight(&mut self, packet_id: PacketId, outbound: Outbound) {
+        if let Some(offset) = outbound.delivery.publication.log_offset {
+            self.log_start(offset);
+        }
+        self.inflight.insert(packet_id, outbound);
+        self.next_packet_id = packet_id.checked_add(1).unwrap_or(1).max(1);
     }
 
     /// Re-sends every in-flight message after a reconnect: PUBLISH with DUP
@@ -222,7 +318,9 @@ impl Session {
             }
         }
         for packet_id in finished {
-            self.inflight.remove(&packet_id);
+            if let Some(outbound) = self.inflight.remove(&packet_id) {
+                self.log_finish(&outbound.delivery);
+            }
         }
     }
 
@@ -230,7 +328,9 @@ impl Session {
     pub fn on_puback(&mut self, packet_id: PacketId, now: Instant) -> bool {
         match self.inflight.get(&packet_id) {
             Some(outbound) if outbound.state == OutboundState::AwaitingPubAck => {
-                self.inflight.remove(&packet_id);
+                if let Some(outbound) = self.inflight.remove(&packet_id) {
+                    self.log_finish(&outbound.delivery);
+                }
                 self.pump(now);
                 true
             }
@@ -238,26 +338,27 @@ impl Session {
         }
     }
 
-    /// Handles PUBREC: answers PUBREL, or ends the exchange when the client
-    /// reported an error. Returns false when no QoS 2 message awaited it.
-    pub fn on_pubrec(&mut self, packet_id: PacketId, reason: ReasonCode, now: Instant) -> bool {
-        let Some(outbound) = self.inflight.get_mut(&packet_id) else {
-            return false;
-        };
-        match outbound.state {
+    /// Handles PUBREC. Returns `Some(true)` when the caller must answer
+    /// PUBREL, `Some(false)` when the client ended the exchange with an
+    /// error, and `None` when no QoS 2 message awaited it.
+    pub fn on_pubrec(&mut self, packet_id: PacketId, reason: ReasonCode, now: Instant) -> Option<bool> {
+        let state = self.inflight.get(&packet_id)?.state;
+        match state {
             OutboundState::AwaitingPubRec if reason.is_error() => {
-                self.inflight.remove(&packet_id);
+                if let Some(outbound) = self.inflight.remove(&packet_id) {
+                    self.log_finish(&outbound.delivery);
+                }
                 self.pump(now);
-                true
+                Some(false)
             }
             OutboundState::AwaitingPubRec | OutboundState::AwaitingPubComp => {
-                outbound.state = OutboundState::AwaitingPubComp;
-                if let Some(conn) = &self.conn {
-                    conn.send(&pubresp(Packet::PubRel, packet_id, ReasonCode::SUCCESS));
+                if let Some(outbound) = self.inflight.get_mut(&packet_id) {
+                    outbound.state = OutboundState::AwaitingPubComp;
                 }
-                true
+                self.mark_dirty();
+                Some(true)
             }
-            OutboundState::AwaitingPubAck => false,
+            OutboundState::AwaitingPubAck => None,
         }
     }
 
@@ -265,7 +366,9 @@ impl Session {
     pub fn on_pubcomp(&mut self, packet_id: PacketId, now: Instant) -> bool {
         match self.inflight.get(&packet_id) {
             Some(outbound) if outbound.state == OutboundState::AwaitingPubComp => {
-                self.inflight.remove(&packet_id);
+                if let Some(outbound) = self.inflight.remove(&packet_id) {
+                    self.log_finish(&outbound.delivery);
+                }
                 self.pump(now);
                 true
             }

@@ -133,7 +133,11 @@ def tail(text: str, max_lines: int = MAX_REPORTED_LOG_LINES) -> str:
 
 def start_broker(binary: Path, extra_args: list[str], log_path: Path, shards: int) -> Broker:
     """Start coremq on 127.0.0.1:0 and wait for the log line that names its port."""
-    args = [str(binary), "--listen", "127.0.0.1:0", "--shards", str(shards), *extra_args]
+    args = [str(binary), "--listen", "127.0.0.1:0", "--shards", str(shards)]
+    if "--storage" not in extra_args and "--data-dir" not in extra_args:
+        # Parallel brokers would share ./data; tests that need the store pass their own.
+        args += ["--storage", "memory"]
+    args += extra_args
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
     env.setdefault("NO_COLOR", "1")

@@ -29,6 +29,7 @@ pub struct Broker {
     child: Child,
     addr: SocketAddr,
     log: Arc<LogBuffer>,
+    args: Vec<String>,
 }
 
 impl Broker {
@@ -44,6 +45,12 @@ impl Broker {
             args.push("--shards".into());
             args.push(DEFAULT_SHARDS.into());
         }
+        if !extra_args.contains(&"--storage") && !extra_args.contains(&"--data-dir") {
+            // Brokers of parallel tests would share ./data; tests of the
+            // store pass their own directory.
+            args.push("--storage".into());
+            args.push("memory".into());
+        }
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
         Broker::with_args(&args)
     }
@@ -55,10 +62,11 @@ impl Broker {
     ///
     /// Panics as [`Broker::start`] does.
     pub fn with_args<S: AsRef<str>>(args: &[S]) -> Broker {
+        let args: Vec<String> = args.iter().map(|arg| arg.as_ref().to_string()).collect();
         let binary = broker_binary();
         let mut command = Command::new(&binary);
         command
-            .args(args.iter().map(|arg| arg.as_ref()))
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -81,6 +89,7 @@ impl Broker {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
+            args,
         };
         broker.addr = broker.wait_for_listen_addr();
         broker
@@ -94,6 +103,21 @@ impl Broker {
     /// Process id of the broker.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the process with SIGKILL, as a crash or power cut would end it,
+    /// and starts it again with the same arguments. The new process listens
+    /// on a new port; its log starts empty.
+    ///
+    /// # Panics
+    ///
+    /// Panics as [`Broker::start`] does.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let restarted = Broker::with_args(&self.args);
+        // Dropping the old value kills nothing: its child has exited.
+        let _ = std::mem::replace(self, restarted);
     }
 
     /// Returns true while the process has not exited.

@@ -499,7 +499,7 @@ fn complete_frame_len(buffer: &[u8]) -> Option<usize> {
 /// Panics on an odd number of digits or a character that is not hex.
 pub fn from_hex(hex: &str) -> Vec<u8> {
     let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits in {hex:?}");
+    assert!(digits.len() & 1 == 0, "odd number of hex digits in {hex:?}");
     digits
         .chunks(2)
         .map(|pair| {
@@ -541,7 +541,7 @@ mod tests {
     #[test]
     fn frame_len_reads_multi_byte_length() {
         let mut frame = vec![0x30, 0x80, 0x01];
-        frame.extend(std::iter::repeat(0).take(128));
+        frame.extend_from_slice(&[0; 128]);
         assert_eq!(complete_frame_len(&frame), Some(131));
         assert_eq!(complete_frame_len(&frame[..100]), None);
     }

@@ -1175,3 +1175,74 @@ fn max_connections_rejects_extra() {
     first.ping();
     second.ping();
 }
+
+// ---------------------------------------------------------------------------
+// MQTT 3.1.1 forms of Will, session and takeover.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn will_sent_v311() {
+    let broker = Broker::start(&[]);
+    let mut sub = subscriber(&broker, "s", "w311/t", QoS::AtMostOnce);
+    let mut connect = connect_v311("w", true);
+    connect.will = Some(will("w311/t", b"gone"));
+    let mut will_client = RawClient::connect(broker.addr());
+    let connack = will_client.connect_with(connect);
+    assert_eq!(connack.reason, ReasonCode::SUCCESS);
+
+    will_client.abort();
+
+    let received = sub.expect_publish_within(Duration::from_secs(3));
+    assert_eq!(&received.payload[..], b"gone");
+}
+
+#[test]
+fn will_dropped_on_disconnect_v311() {
+    let broker = Broker::start(&[]);
+    let mut sub = subscriber(&broker, "s", "w311/t", QoS::AtMostOnce);
+    let mut connect = connect_v311("w", true);
+    connect.will = Some(will("w311/t", b"gone"));
+    let mut will_client = RawClient::connect(broker.addr());
+    will_client.connect_with(connect);
+
+    will_client.disconnect(ReasonCode::NORMAL_DISCONNECTION);
+
+    sub.expect_silence(Duration::from_secs(3));
+}
+
+#[test]
+fn session_resumed_v311() {
+    let broker = Broker::start(&[]);
+    let mut client = RawClient::connect(broker.addr());
+    let first = client.connect_with(connect_v311("s", false));
+    assert!(!first.session_present, "Session Present on a fresh broker");
+    client.subscribe("s311/t", QoS::AtLeastOnce);
+    client.disconnect(ReasonCode::NORMAL_DISCONNECTION);
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "p");
+    publisher.publish(publish("s311/t", QoS::AtLeastOnce, 1, b"stored"));
+
+    let mut resumed = RawClient::connect(broker.addr());
+    let connack = resumed.connect_with(connect_v311("s", false));
+
+    assert!(
+        connack.session_present,
+        "Session Present with clean session 0"
+    );
+    let received = resumed.expect_publish();
+    assert_eq!(&received.payload[..], b"stored");
+}
+
+#[test]
+fn takeover_closes_old_v311() {
+    let broker = Broker::start(&[]);
+    let mut first = RawClient::connect(broker.addr());
+    first.connect_with(connect_v311("same", true));
+
+    let mut second = RawClient::connect(broker.addr());
+    let connack = second.connect_with(connect_v311("same", true));
+
+    assert_eq!(connack.reason, ReasonCode::SUCCESS);
+    let disconnect = first.expect_closed_within(CLOSE_WITHIN);
+    assert_eq!(disconnect, None, "3.1.1 has no DISCONNECT from the server");
+    second.ping();
+}

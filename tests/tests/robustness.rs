@@ -189,3 +189,53 @@ fn abrupt_disconnects_leave_broker_serving() {
 
     check_broker_serves(&mut broker);
 }
+
+#[test]
+fn slow_subscriber_does_not_stall_others() {
+    const MESSAGES: usize = 5_000;
+    let broker = Broker::start(&[]);
+    // Subscribes and then never reads, so its socket buffers fill up.
+    let (mut slow, _) = RawClient::connect_v5(broker.addr(), "slow");
+    slow.subscribe("bulk/t", QoS::AtMostOnce);
+    let (mut fast, _) = RawClient::connect_v5(broker.addr(), "fast");
+    fast.subscribe("bulk/t", QoS::AtMostOnce);
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "bulk-pub");
+
+    let reader = thread::spawn(move || {
+        let mut received = Vec::with_capacity(MESSAGES);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while received.len() < MESSAGES && Instant::now() < deadline {
+            let publish = fast.expect_publish_within(Duration::from_secs(5));
+            let index: usize = std::str::from_utf8(&publish.payload[..8])
+                .expect("ASCII index")
+                .parse()
+                .expect("numeric index");
+            received.push(index);
+        }
+        received
+    });
+    let padding = vec![b'.'; 4096];
+    for index in 0..MESSAGES {
+        let mut payload = format!("{index:08}").into_bytes();
+        payload.extend_from_slice(&padding);
+        publisher.send(&Packet::Publish(publish(
+            "bulk/t",
+            QoS::AtMostOnce,
+            0,
+            &payload,
+        )));
+    }
+    publisher.ping();
+
+    let received = reader.join().expect("reader thread");
+    assert_eq!(
+        received.len(),
+        MESSAGES,
+        "messages the fast subscriber received"
+    );
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "messages out of order"
+    );
+    drop(slow);
+}

@@ -299,6 +299,8 @@ pub fn passwd_command(
         source,
     };
 
+    // NOTE: the unit tests have no terminal, so they run only the stdin
+    // branch below. The terminal branch relies on rpassword.
     let password = if stdin_is_tty {
         let first = rpassword::prompt_password("Password: ").map_err(stdin_error)?;
         let second = rpassword::prompt_password("Repeat password: ").map_err(stdin_error)?;

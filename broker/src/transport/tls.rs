@@ -749,6 +749,62 @@ mod tests {
     }
 
     #[test]
+    fn websocket_over_tls() {
+        use crate::transport::ws::{accept_ws, WsConfig};
+        use tungstenite::client::IntoClientRequest;
+        use tungstenite::Message;
+
+        let pki = TestPki::generate();
+        let config = pki
+            .config(false, false)
+            .server_config()
+            .expect("config loads");
+        let dir = pki.path("");
+        let received = run_pair(
+            move |port| {
+                let stream = tls_client(port, &dir, None).expect("TLS handshake");
+                let mut request = format!("wss://localhost:{port}/mqtt")
+                    .into_client_request()
+                    .expect("valid request");
+                let protocol = "mqtt".parse().expect("valid header value");
+                request
+                    .headers_mut()
+                    .insert("Sec-WebSocket-Protocol", protocol);
+                let (mut socket, _) =
+                    tungstenite::client(request, stream).expect("WebSocket handshake");
+                socket
+                    .send(Message::Binary(vec![0xC0, 0x00].into()))
+                    .expect("send");
+                match socket.read().expect("read reply") {
+                    Message::Binary(bytes) => assert_eq!(&bytes[..], [0xD0, 0x00]),
+                    other => panic!("expected a binary reply, got {other:?}"),
+                }
+                socket.close(None).expect("close");
+                while socket.read().is_ok() {}
+            },
+            |socket| async move {
+                let tls = accept_tls(socket, config, DEFAULT_HANDSHAKE_TIMEOUT)
+                    .await
+                    .expect("TLS handshake");
+                let mut stream = accept_ws(tls, &WsConfig::default())
+                    .await
+                    .expect("WebSocket upgrade");
+                let mut request = [0u8; 2];
+                stream.read_exact(&mut request).await.expect("read PINGREQ");
+                stream
+                    .write_all(&[0xD0, 0x00])
+                    .await
+                    .expect("write PINGRESP");
+                stream.flush().await.expect("flush");
+                let mut rest = Vec::new();
+                stream.read_to_end(&mut rest).await.expect("read to close");
+                request
+            },
+        );
+        assert_eq!(received, [0xC0, 0x00]);
+    }
+
+    #[test]
     fn missing_certificate_file_named() {
         let pki = TestPki::generate();
         let mut config = pki.config(false, false);

@@ -70,7 +70,7 @@ impl ShardState {
         }
 
         let mut session =
-            resumed.unwrap_or_else(|| Session::new(client_id.clone(), connect.protocol));
+            resumed.unwrap_or_else(|| self.new_session(client_id.clone(), connect.protocol));
         session.protocol = connect.protocol;
         session.generation += 1;
         session.expiry_interval = expiry;
@@ -121,11 +121,29 @@ impl ShardState {
             session_present,
             "connected"
         );
+        session.mark_dirty();
         self.sessions.insert(client_id, session);
         ConnectOutcome {
             reason: ReasonCode::SUCCESS,
             session_present,
             keep_alive,
+        }
+    }
+
+    /// Creates an empty session that starts reading the log at its end.
+    pub(super) fn new_session(&self, client_id: Arc<str>, protocol: Protocol) -> Session {
+        let mut session = Session::new(client_id, protocol);
+        if let Some(persistence) = &self.persistence {
+            session.journal = Some(self.journal.clone());
+            session.log_seen = persistence.last_offset();
+        }
+        session
+    }
+
+    /// Queues the deletion of a removed session's stored record.
+    pub(super) fn forget_session(&self, client_id: &Arc<str>) {
+        if self.persistence.is_some() {
+            self.journal.borrow_mut().push(client_id.clone());
         }
     }
 
@@ -168,6 +186,7 @@ impl ShardState {
             return;
         }
         session.conn = None;
+        session.mark_dirty();
         let generation = session.generation;
         let expiry = session.expiry_interval;
         let will = if publish_will {
@@ -179,6 +198,7 @@ impl ShardState {
 
         if expiry == 0 {
             let session = self.sessions.remove(client_id).expect("found above");
+            self.forget_session(client_id);
             self.drop_subscriptions(&session, outbox);
             if let Some(will) = will {
                 self.publish_will(client_id, will, now, outbox);
@@ -235,9 +255,15 @@ impl ShardState {
     }
 
     pub(super) fn arm_expiry_timer(&self, client_id: Arc<str>, generation: u64, expiry: u32) {
+        self.arm_expiry_timer_ms(client_id, generation, u64::from(expiry) * 1000);
+    }
+
+    /// Ends the session `expiry_ms` milliseconds from now unless its client
+    /// has come back (which bumps the generation).
+    pub(super) fn arm_expiry_timer_ms(&self, client_id: Arc<str>, generation: u64, expiry_ms: u64) {
         let this = self.this.clone();
         glommio::spawn_local(async move {
-            glommio::timer::sleep(Duration::from_secs(u64::from(expiry))).await;
+            glommio::timer::sleep(Duration::from_millis(expiry_ms)).await;
             let Some(state) = this.upgrade() else { return };
             let mut outbox = Outbox::default();
             {
@@ -248,6 +274,7 @@ impl ShardState {
                     .is_some_and(|s| s.generation == generation && s.conn.is_none());
                 if expired {
                     let mut session = state.sessions.remove(&client_id).expect("checked above");
+                    state.forget_session(&client_id);
                     debug!(client_id = %client_id, "session expired");
                     state.drop_subscriptions(&session, &mut outbox);
                     if let Some(will) = session.will.take() {
@@ -281,6 +308,7 @@ impl ShardState {
             properties,
             expires_at,
             publisher: Some(client_id.clone()),
+            log_offset: None,
         });
         debug!(client_id = %client_id, topic = %publication.topic, "publishing will");
         self.route(&publication, false, now, outbox);

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use coremq_codec::topic;
 use coremq_codec::{
-    ConnAck, Connect, Packet, Properties, Protocol, Publish, QoS, ReasonCode, RetainHandling,
+    ConnAck, Connect, Packet, PacketId, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode, RetainHandling,
     SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::conn::{CloseRequest, Conn};
 use crate::mesh::{ShardId, ShardMsg};
@@ -22,8 +22,11 @@ use crate::message::{Delivery, Publication};
 use crate::retained::RetainedStore;
 use crate::session::{pubresp, FrameCache, Session, Subscription};
 use crate::trie::FilterTrie;
+use crate::persist::{self, Persistence};
 use crate::Limits;
+use packets::PublishStep;
 
+mod durability;
 mod lifecycle;
 mod packets;
 mod routing;
@@ -69,6 +72,10 @@ struct ShardState {
     /// Round-robin position per shared subscription on the publishing side.
     shared_cursor: HashMap<Arc<str>, usize>,
     retained: RetainedStore,
+    /// The store, when the broker runs with one.
+    persistence: Option<Persistence>,
+    /// Sessions whose stored record is out of date, for the flusher.
+    journal: Rc<RefCell<Vec<Arc<str>>>>,
     /// Weak self reference for timers spawned by the engine.
     this: Weak<RefCell<ShardState>>,
 }
@@ -79,11 +86,19 @@ struct SharedGroup {
     next: usize,
 }
 
-/// Mesh messages produced while the state was borrowed, sent afterwards.
+/// Mesh messages and store writes produced while the state was borrowed,
+/// carried out afterwards.
 #[derive(Default)]
 struct Outbox {
     messages: Vec<(ShardId, ShardMsg)>,
     acks: Vec<oneshot::Receiver<()>>,
+    store: Vec<StoreOp>,
+}
+
+/// A store write that must finish before the client's acknowledgement.
+enum StoreOp {
+    PutRetained(coremq_wal::Message),
+    DeleteRetained(String),
 }
 
 impl Outbox {
@@ -109,7 +124,7 @@ fn close_with(reason: ReasonCode) -> CloseRequest {
 
 impl Shard {
     /// Creates the engine of shard `senders.peer_id()`.
-    pub fn new(senders: Senders<ShardMsg>, limits: Limits) -> Shard {
+    pub fn new(senders: Senders<ShardMsg>, limits: Limits, persistence: Option<Persistence>) -> Shard {
         let id = senders.peer_id();
         let shards = senders.nr_consumers();
         let state = Rc::new_cyclic(|this| {
@@ -125,6 +140,8 @@ impl Shard {
                 shared_interest: FilterTrie::new(),
                 shared_cursor: HashMap::new(),
                 retained: RetainedStore::default(),
+                persistence,
+                journal: Rc::new(RefCell::new(Vec::new())),
                 this: this.clone(),
             })
         });
@@ -174,6 +191,18 @@ impl Shard {
     }
 
     async fn flush(&self, outbox: Outbox) {
+        let persistence = self.state.borrow().persistence.clone();
+        if let Some(persistence) = persistence {
+            for op in outbox.store {
+                let result = match op {
+                    StoreOp::PutRetained(message) => persistence.store.put_retained(message).await,
+                    StoreOp::DeleteRetained(topic) => persistence.store.delete_retained(topic).await,
+                };
+                if let Err(error) = result {
+                    error!(%error, "cannot store retained message");
+                }
+            }
+        }
         for (shard, msg) in outbox.messages {
             self.send_to(shard, msg).await;
         }
@@ -268,27 +297,91 @@ impl Shard {
                 self.flush(outbox).await;
                 Ok(())
             }
-            other => self
-                .state
-                .borrow_mut()
-                .handle_control(conn, client_id, other),
+            other => {
+                let reply = self
+                    .state
+                    .borrow_mut()
+                    .handle_control(conn, client_id, other)?;
+                if let Some(reply) = reply {
+                    self.persist_session_now(client_id).await;
+                    conn.send(&reply);
+                }
+                Ok(())
+            }
         }
     }
 
-    async fn handle_publish(
-        &self,
-        conn: &Rc<Conn>,
-        client_id: &Arc<str>,
-        publish: Publish,
-    ) -> HandleResult {
+    /// Writes the stored record of a persistent session now, for replies
+    /// that must not go out before it (PUBREC, PUBREL, PUBCOMP).
+    async fn persist_session_now(&self, client_id: &Arc<str>) {
+        let (persistence, record) = {
+            let mut state = self.state.borrow_mut();
+            let Some(persistence) = state.persistence.clone() else {
+                return;
+            };
+            let Some(session) = state.sessions.get_mut(client_id) else {
+                return;
+            };
+            if session.expiry_interval == 0 {
+                return;
+            }
+            (persistence, persist::session_record(session))
+        };
+        if let Err(error) = persistence.store.put_session(record).await {
+            error!(client_id = %client_id, %error, "cannot store session");
+        }
+    }
+
+    async fn handle_publish(&self, conn: &Rc<Conn>, client_id: &Arc<str>, publish: Publish) -> HandleResult {
+        let step = self.state.borrow_mut().prepare_publish(conn, client_id, publish)?;
+        let (mut publication, ack, retain_ack_needed) = match step {
+            PublishStep::Reply(reply) => {
+                conn.send(&reply);
+                return Ok(());
+            }
+            PublishStep::Route {
+                publication,
+                ack,
+                retain_ack_needed,
+            } => (publication, ack, retain_ack_needed),
+        };
+
+        // A QoS 1/2 message that someone may receive goes into the log
+        // before it is routed, so it is durable before its PUBACK/PUBREC.
+        let persistence = self.state.borrow().persistence.clone();
+        if let Some(persistence) = persistence {
+            let needs_log =
+                publication.qos != QoS::AtMostOnce && self.state.borrow().has_subscribers(&publication.topic);
+            if needs_log {
+                let message = persist::records::message_from_publication(&publication, Instant::now());
+                match persistence.store.append(persist::LOG_QUEUE, vec![message]).await {
+                    Ok(offsets) => {
+                        publication.log_offset = Some(offsets.start);
+                        persistence.advance(offsets.start);
+                    }
+                    Err(error) => {
+                        error!(client_id = %client_id, %error, "cannot append message to the log; disconnecting the publisher");
+                        self.state.borrow_mut().forget_incoming(client_id, ack);
+                        return Err(close_with(ReasonCode::UNSPECIFIED_ERROR));
+                    }
+                }
+            }
+            if publication.qos == QoS::ExactlyOnce {
+                self.persist_session_now(client_id).await;
+            }
+        }
+
         let mut outbox = Outbox::default();
-        let ack =
-            self.state
-                .borrow_mut()
-                .publish_from_client(conn, client_id, publish, &mut outbox)?;
+        let reply = self.state.borrow_mut().finish_publish(
+            conn.protocol,
+            Arc::new(publication),
+            ack,
+            retain_ack_needed,
+            &mut outbox,
+        );
         self.flush(outbox).await;
-        if let Some(ack) = ack {
-            conn.send(&ack);
+        if let Some(reply) = reply {
+            conn.send(&reply);
         }
         Ok(())
     }

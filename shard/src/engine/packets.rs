@@ -3,12 +3,15 @@
 use super::*;
 
 impl ShardState {
+    /// Handles every packet but PUBLISH, SUBSCRIBE and UNSUBSCRIBE. Returns
+    /// a reply that must go out only after the session's stored record is
+    /// up to date (PUBREL, PUBCOMP), if any.
     pub(super) fn handle_control(
         &mut self,
         conn: &Rc<Conn>,
         client_id: &Arc<str>,
         packet: Packet,
-    ) -> HandleResult {
+    ) -> Result<Option<Packet>, CloseRequest> {
         let now = Instant::now();
         let protocol_error = close_with(ReasonCode::PROTOCOL_ERROR);
         let max_session_expiry = self.limits.max_session_expiry;
@@ -19,8 +22,12 @@ impl ShardState {
                     debug!(client_id = %client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
                 }
             }
-            Packet::PubRec(rec) => {
-                if !session.on_pubrec(rec.packet_id, rec.reason, now) {
+            Packet::PubRec(rec) => match session.on_pubrec(rec.packet_id, rec.reason, now) {
+                Some(true) => {
+                    return Ok(Some(pubresp(Packet::PubRel, rec.packet_id, ReasonCode::SUCCESS)));
+                }
+                Some(false) => {}
+                None => {
                     // Tell the client the exchange is unknown so it can stop.
                     conn.send(&pubresp(
                         Packet::PubRel,
@@ -28,14 +35,15 @@ impl ShardState {
                         ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
                     ));
                 }
-            }
+            },
             Packet::PubRel(rel) => {
                 let reason = if session.incoming_qos2.remove(&rel.packet_id) {
+                    session.mark_dirty();
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                conn.send(&pubresp(Packet::PubComp, rel.packet_id, reason));
+                return Ok(Some(pubresp(Packet::PubComp, rel.packet_id, reason)));
             }
             Packet::PubComp(comp) => {
                 if !session.on_pubcomp(comp.packet_id, now) {
@@ -57,6 +65,7 @@ impl ShardState {
                 if disconnect.reason == ReasonCode::NORMAL_DISCONNECTION {
                     session.will = None;
                 }
+                session.mark_dirty();
                 return Err(CloseRequest { reason: None });
             }
             Packet::Auth(_) => {
@@ -69,18 +78,18 @@ impl ShardState {
                 return Err(protocol_error);
             }
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// Handles a client's PUBLISH up to routing; returns the PUBACK/PUBREC
-    /// to send once the routing messages are out.
-    pub(super) fn publish_from_client(
+    /// Checks a client's PUBLISH and turns it into a publication to route,
+    /// or into an immediate reply (a re-sent QoS 2 packet, an invalid
+    /// payload).
+    pub(super) fn prepare_publish(
         &mut self,
         conn: &Rc<Conn>,
         client_id: &Arc<str>,
         mut publish: Publish,
-        outbox: &mut Outbox,
-    ) -> Result<Option<Packet>, CloseRequest> {
+    ) -> Result<PublishStep, CloseRequest> {
         let now = Instant::now();
         let receive_maximum = self.limits.receive_maximum;
         let session = self.session_mut(client_id, conn)?;
@@ -98,7 +107,7 @@ impl ShardState {
                     .expect("the codec requires a packet id at QoS 2");
                 if session.incoming_qos2.contains(&packet_id) {
                     // A re-send before PUBREL: acknowledge again, deliver once.
-                    return Ok(Some(pubresp(
+                    return Ok(PublishStep::Reply(pubresp(
                         Packet::PubRec,
                         packet_id,
                         ReasonCode::SUCCESS,
@@ -108,6 +117,7 @@ impl ShardState {
                     return Err(close_with(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
                 }
                 session.incoming_qos2.insert(packet_id);
+                session.mark_dirty();
                 Some(Packet::PubRec as fn(_) -> Packet)
             }
         };
@@ -120,7 +130,7 @@ impl ShardState {
                     if publish.qos == QoS::ExactlyOnce {
                         session.incoming_qos2.remove(&packet_id);
                     }
-                    Ok(Some(pubresp(
+                    Ok(PublishStep::Reply(pubresp(
                         kind,
                         packet_id,
                         ReasonCode::PAYLOAD_FORMAT_INVALID,
@@ -137,7 +147,7 @@ impl ShardState {
             .map(|secs| now + Duration::from_secs(u64::from(secs)));
         publish.properties.message_expiry_interval = None;
         publish.properties.topic_alias = None;
-        let publication = Arc::new(Publication {
+        let publication = Publication {
             topic: publish.topic,
             payload: publish.payload,
             qos: publish.qos,
@@ -145,16 +155,58 @@ impl ShardState {
             properties: publish.properties,
             expires_at,
             publisher: Some(client_id.clone()),
-        });
-        let matched = self.route(&publication, retain_ack_needed, now, outbox);
+            log_offset: None,
+        };
+        Ok(PublishStep::Route {
+            publication,
+            ack: ack_kind.zip(packet_id),
+            retain_ack_needed,
+        })
+    }
 
-        Ok(ack_kind.zip(packet_id).map(|(kind, packet_id)| {
-            let reason = if matched || conn.protocol == Protocol::V311 {
+    /// Undoes the inbound QoS 2 bookkeeping of a PUBLISH that could not be
+    /// stored, so the client's re-send after reconnecting is taken as new.
+    pub(super) fn forget_incoming(&mut self, client_id: &Arc<str>, ack: Option<(fn(PubResponse) -> Packet, PacketId)>) {
+        if let (Some(session), Some((_, packet_id))) = (self.sessions.get_mut(client_id), ack) {
+            session.incoming_qos2.remove(&packet_id);
+        }
+    }
+
+    /// Returns true when any subscription on any shard matches `topic`.
+    pub(super) fn has_subscribers(&self, topic: &str) -> bool {
+        self.interest.has_match(topic) || self.shared_interest.has_match(topic)
+    }
+
+    /// Routes an accepted publication; returns the PUBACK or PUBREC to send
+    /// once the routing messages are out.
+    pub(super) fn finish_publish(
+        &mut self,
+        protocol: Protocol,
+        publication: Arc<Publication>,
+        ack: Option<(fn(PubResponse) -> Packet, PacketId)>,
+        retain_ack_needed: bool,
+        outbox: &mut Outbox,
+    ) -> Option<Packet> {
+        let matched = self.route(&publication, retain_ack_needed, Instant::now(), outbox);
+        ack.map(|(kind, packet_id)| {
+            let reason = if matched || protocol == Protocol::V311 {
                 ReasonCode::SUCCESS
             } else {
                 ReasonCode::NO_MATCHING_SUBSCRIBERS
             };
             pubresp(kind, packet_id, reason)
-        }))
+        })
     }
+}
+
+/// What to do with a client's PUBLISH after its checks.
+pub(super) enum PublishStep {
+    /// Answer at once; nothing is routed.
+    Reply(Packet),
+    /// Route the publication, then send `ack` if any.
+    Route {
+        publication: Publication,
+        ack: Option<(fn(PubResponse) -> Packet, PacketId)>,
+        retain_ack_needed: bool,
+    },
 }

@@ -16,6 +16,14 @@ impl ShardState {
     ) -> bool {
         if publication.retain {
             self.retained.apply(publication.clone());
+            if self.persistence.is_some() {
+                let op = if publication.payload.is_empty() {
+                    StoreOp::DeleteRetained(publication.topic.clone())
+                } else {
+                    StoreOp::PutRetained(persist::records::message_from_publication(publication, now))
+                };
+                outbox.store.push(op);
+            }
             for shard in (0..self.shards).filter(|s| *s != self.id) {
                 let ack = await_retain.then(|| outbox.ack());
                 outbox.send(

@@ -113,21 +113,15 @@ impl ShardState {
                 .subscriptions
                 .insert(filter.to_string(), subscription.clone())
                 .is_some();
+            session.mark_dirty();
 
-            match &shared {
-                Some(_) => {
-                    let group = self.shared_groups.entry(filter.clone()).or_default();
-                    if !existed {
-                        group.members.push(client_id.clone());
-                    }
+            if existed {
+                if shared.is_none() {
+                    // Replace the options of the existing subscription.
+                    self.subscriptions.insert(&filter, client_id.clone(), subscription);
                 }
-                None => {
-                    self.subscriptions
-                        .insert(&filter, client_id.clone(), subscription);
-                }
-            }
-            if !existed {
-                self.add_local_filter(&filter, outbox);
+            } else {
+                self.attach_subscription(client_id, filter.clone(), subscription, outbox);
             }
 
             // Shared subscriptions never receive retained messages at subscribe time.
@@ -175,6 +169,7 @@ impl ShardState {
                 .get_mut(client_id)
                 .expect("checked by session_mut");
             if session.subscriptions.remove(filter).is_some() {
+                session.mark_dirty();
                 self.remove_subscription(client_id, filter, outbox);
                 reasons.push(ReasonCode::SUCCESS);
             } else {
@@ -194,6 +189,25 @@ impl ShardState {
 
     /// Removes one subscription of `client_id` from the shard's tables
     /// (the session's own map is updated by the caller).
+    /// Enters a new subscription of a local session into the shard's
+    /// tables (the subscription trie or a shared group) and the interest
+    /// table. The session's own map is updated by the caller.
+    pub(super) fn attach_subscription(
+        &mut self,
+        client_id: &Arc<str>,
+        filter: Arc<str>,
+        subscription: Subscription,
+        outbox: &mut Outbox,
+    ) {
+        if topic::parse_shared(&filter).is_some() {
+            let group = self.shared_groups.entry(filter.clone()).or_default();
+            group.members.push(client_id.clone());
+        } else {
+            self.subscriptions.insert(&filter, client_id.clone(), subscription);
+        }
+        self.add_local_filter(&filter, outbox);
+    }
+
     pub(super) fn remove_subscription(
         &mut self,
         client_id: &Arc<str>,

@@ -1,0 +1,349 @@
+//! The durable store seen from outside: the broker is killed with SIGKILL
+//! and started again on the same data directory, and clients check that
+//! every message it acknowledged, every retained message and every
+//! subscription came back.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use coremq_tests::packets::{self, connect_persistent, publish, retained};
+use coremq_tests::{Broker, Packet, Protocol, QoS, RawClient, ReasonCode, RecvError};
+use rand::Rng;
+use tempfile::TempDir;
+
+/// Session expiry of the subscribers, long enough to outlive every test.
+const EXPIRY: u32 = 3600;
+
+/// How long a reading client waits for more before it decides the broker
+/// has sent everything.
+const DRAIN_QUIET: Duration = Duration::from_secs(2);
+
+fn start_durable(dir: &TempDir) -> Broker {
+    let data_dir = dir.path().to_str().expect("UTF-8 temporary path");
+    Broker::start(&["--data-dir", data_dir])
+}
+
+/// Connects `client_id` with clean start 0 and returns the client and the
+/// Session Present flag.
+fn resume(broker: &Broker, client_id: &str) -> (RawClient, bool) {
+    let mut client = RawClient::connect(broker.addr());
+    let connack = client.connect_with(connect_persistent(client_id, false, EXPIRY));
+    assert_eq!(connack.reason, ReasonCode::SUCCESS, "CONNACK of {client_id}");
+    (client, connack.session_present)
+}
+
+/// Sequence numbers the broker acknowledged, per QoS.
+#[derive(Default)]
+struct Acknowledged {
+    qos1: Vec<u32>,
+    qos2: Vec<u32>,
+}
+
+/// Publishes numbered QoS 1 messages on `crash/q1` and QoS 2 messages on
+/// `crash/q2`, alternating, starting at `next`, until the broker goes
+/// away or `stop` is set. Records a number once its PUBACK or PUBREC
+/// arrives; returns the next unused number.
+fn publish_until_cut(
+    addr: SocketAddr,
+    mut next: u32,
+    acked: &Mutex<Acknowledged>,
+    stop: &AtomicBool,
+) -> u32 {
+    let mut client = RawClient::connect(addr);
+    let connack = client.connect_with(packets::connect_v5("crash-publisher"));
+    assert_eq!(connack.reason, ReasonCode::SUCCESS);
+    let mut packet_id: u16 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let qos = if next % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        let topic = if qos == QoS::AtLeastOnce {
+            "crash/q1"
+        } else {
+            "crash/q2"
+        };
+        packet_id = packet_id % 60_000 + 1;
+        let message = publish(topic, qos, packet_id, next.to_string().as_bytes());
+        let bytes = packets::encode_packet(&Packet::Publish(message), Protocol::V5);
+        if client.try_send_bytes(&bytes).is_err() {
+            return next + 1;
+        }
+        let reply = match client.read_packet_within(Duration::from_secs(5)) {
+            Ok(packet) => packet,
+            Err(_) => return next + 1,
+        };
+        match reply {
+            Packet::PubAck(ack) => {
+                assert_eq!(ack.packet_id, packet_id);
+                assert_eq!(ack.reason, ReasonCode::SUCCESS, "PUBACK of {next}");
+                acked.lock().expect("lock").qos1.push(next);
+            }
+            Packet::PubRec(rec) => {
+                assert_eq!(rec.packet_id, packet_id);
+                assert_eq!(rec.reason, ReasonCode::SUCCESS, "PUBREC of {next}");
+                acked.lock().expect("lock").qos2.push(next);
+                let release = Packet::PubRel(packets::pub_response(packet_id));
+                let bytes = packets::encode_packet(&release, Protocol::V5);
+                if client.try_send_bytes(&bytes).is_err() {
+                    return next + 1;
+                }
+                match client.read_packet_within(Duration::from_secs(5)) {
+                    Ok(Packet::PubComp(_)) => {}
+                    Ok(other) => panic!("expected PUBCOMP, got {other:?}"),
+                    Err(_) => return next + 1,
+                }
+            }
+            other => panic!("expected PUBACK or PUBREC, got {other:?}"),
+        }
+        next += 1;
+    }
+    next
+}
+
+/// What a subscriber received on one topic, in arrival order.
+#[derive(Default, Debug)]
+struct Received {
+    qos1: Vec<u32>,
+    qos2: Vec<u32>,
+}
+
+/// Reads every PUBLISH until the broker has been quiet for `DRAIN_QUIET`,
+/// acknowledging each one in full when `acknowledge` is set.
+fn drain(client: &mut RawClient, acknowledge: bool) -> Received {
+    let mut received = Received::default();
+    loop {
+        let packet = match client.read_packet_within(DRAIN_QUIET) {
+            Ok(packet) => packet,
+            Err(RecvError::Timeout) => return received,
+            Err(error) => panic!("subscriber connection failed: {error}"),
+        };
+        let Packet::Publish(message) = packet else {
+            if let Packet::PubRel(release) = packet {
+                client.send(&Packet::PubComp(packets::pub_response(release.packet_id)));
+                continue;
+            }
+            panic!("expected PUBLISH or PUBREL, got {packet:?}");
+        };
+        let number: u32 = std::str::from_utf8(&message.payload)
+            .expect("ASCII payload")
+            .parse()
+            .expect("numeric payload");
+        match message.topic.as_str() {
+            "crash/q1" => received.qos1.push(number),
+            "crash/q2" => received.qos2.push(number),
+            other => panic!("unexpected topic {other}"),
+        }
+        if !acknowledge {
+            continue;
+        }
+        let packet_id = message.packet_id.expect("QoS 1 or 2");
+        match message.qos {
+            QoS::AtLeastOnce => client.send(&Packet::PubAck(packets::pub_response(packet_id))),
+            QoS::ExactlyOnce => client.send(&Packet::PubRec(packets::pub_response(packet_id))),
+            QoS::AtMostOnce => panic!("QoS 0 on a QoS 1/2 subscription"),
+        }
+    }
+}
+
+/// Checks that every acknowledged number arrived, QoS 2 ones exactly once,
+/// and that first arrivals keep publishing order.
+fn check_delivery(acked: &Acknowledged, received: &Received) {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for number in &received.qos2 {
+        *counts.entry(*number).or_default() += 1;
+    }
+    let duplicated: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "QoS 2 messages delivered more than once (number, times): {duplicated:?}"
+    );
+    for (topic, sent, got) in [
+        ("crash/q1", &acked.qos1, &received.qos1),
+        ("crash/q2", &acked.qos2, &received.qos2),
+    ] {
+        let missing: Vec<_> = sent.iter().filter(|n| !got.contains(n)).collect();
+        assert!(
+            missing.is_empty(),
+            "{topic}: {} of {} acknowledged messages lost, first: {:?}",
+            missing.len(),
+            sent.len(),
+            &missing[..missing.len().min(10)]
+        );
+        let mut first_seen = Vec::new();
+        for number in got {
+            if !first_seen.contains(number) {
+                first_seen.push(*number);
+            }
+        }
+        assert!(
+            first_seen.windows(2).all(|pair| pair[0] < pair[1]),
+            "{topic}: first arrivals out of publishing order: {first_seen:?}"
+        );
+    }
+}
+
+/// Runs the publisher against the broker, kills the broker at a random
+/// moment while it publishes, restarts it, and does that `rounds` times.
+fn publish_through_crashes(broker: &mut Broker, rounds: usize) -> Acknowledged {
+    let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    let mut next = 0;
+    let mut rng = rand::thread_rng();
+    for _ in 0..rounds {
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            let addr = broker.addr();
+            thread::spawn(move || publish_until_cut(addr, next, &acked, &stop))
+        };
+        thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
+        broker.kill_and_restart();
+        next = publisher.join().expect("publisher thread");
+        stop.store(true, Ordering::Relaxed);
+    }
+    let acked = Arc::try_unwrap(acked)
+        .ok()
+        .expect("publisher threads ended")
+        .into_inner()
+        .expect("lock");
+    assert!(
+        acked.qos1.len() > 10 && acked.qos2.len() > 10,
+        "the load acknowledged only {} QoS 1 and {} QoS 2 messages before the kills",
+        acked.qos1.len(),
+        acked.qos2.len()
+    );
+    acked
+}
+
+fn subscribe_persistent(broker: &Broker, client_id: &str) -> RawClient {
+    let (mut client, _) = resume(broker, client_id);
+    client.subscribe("crash/q1", QoS::AtLeastOnce);
+    client.subscribe("crash/q2", QoS::ExactlyOnce);
+    client
+}
+
+#[test]
+fn acknowledged_messages_survive_kill_for_offline_session() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut broker = start_durable(&dir);
+    subscribe_persistent(&broker, "offline-sub").disconnect(ReasonCode::NORMAL_DISCONNECTION);
+
+    let acked = publish_through_crashes(&mut broker, 3);
+
+    let (mut subscriber, present) = resume(&broker, "offline-sub");
+    assert!(present, "the session did not survive the kills");
+    let received = drain(&mut subscriber, true);
+    check_delivery(&acked, &received);
+}
+
+#[test]
+fn unacknowledged_deliveries_survive_kill_for_online_session() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut broker = start_durable(&dir);
+    let mut subscriber = subscribe_persistent(&broker, "online-sub");
+    let (publisher_done, publisher) = {
+        let acked = Arc::new(Mutex::new(Acknowledged::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let addr = broker.addr();
+        let (acked_in, stop_in) = (acked.clone(), stop.clone());
+        let handle = thread::spawn(move || publish_until_cut(addr, 0, &acked_in, &stop_in));
+        ((acked, stop), handle)
+    };
+    // The subscriber reads what arrives and never acknowledges it.
+    let deadline = Instant::now() + Duration::from_millis(800);
+    let mut before_kill = Received::default();
+    while Instant::now() < deadline {
+        if let Ok(Packet::Publish(message)) =
+            subscriber.read_packet_within(Duration::from_millis(100))
+        {
+            let number: u32 = std::str::from_utf8(&message.payload)
+                .expect("ASCII")
+                .parse()
+                .expect("number");
+            if message.topic == "crash/q1" {
+                before_kill.qos1.push(number);
+            } else {
+                before_kill.qos2.push(number);
+            }
+        }
+    }
+    publisher_done.1.store(true, Ordering::Relaxed);
+    publisher.join().expect("publisher thread");
+    assert!(
+        !before_kill.qos1.is_empty() && !before_kill.qos2.is_empty(),
+        "the subscriber received nothing before the kill"
+    );
+    broker.kill_and_restart();
+    drop(subscriber);
+
+    let (mut subscriber, present) = resume(&broker, "online-sub");
+    assert!(present, "the session did not survive the kill");
+    let received = drain(&mut subscriber, true);
+    let acked = publisher_done.0.lock().expect("lock");
+    check_delivery(&acked, &received);
+}
+
+#[test]
+fn retained_messages_and_subscriptions_survive_restart() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut broker = start_durable(&dir);
+    let (mut subscriber, _) = resume(&broker, "keeps-subs");
+    subscriber.subscribe("kept/+", QoS::AtLeastOnce);
+    subscriber.disconnect(ReasonCode::NORMAL_DISCONNECTION);
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "retainer");
+    for (topic, payload) in [("kept/a", "alpha"), ("kept/b", "beta"), ("kept/c", "gamma")] {
+        let reason = publisher.publish(retained(topic, QoS::AtLeastOnce, 1, payload.as_bytes()));
+        assert_eq!(reason, ReasonCode::SUCCESS);
+    }
+    // An empty retained payload clears kept/c: it must stay cleared.
+    let reason = publisher.publish(retained("kept/c", QoS::AtLeastOnce, 2, b""));
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    drop(publisher);
+    // Drain the queued copies so that only the restart is tested below.
+    let (mut subscriber, _) = resume(&broker, "keeps-subs");
+    let queued = subscriber.drain_publishes(Duration::from_secs(1));
+    for message in &queued {
+        subscriber.acknowledge(message);
+    }
+    subscriber.ping();
+    subscriber.disconnect(ReasonCode::NORMAL_DISCONNECTION);
+
+    broker.kill_and_restart();
+
+    // The subscription came back: a new message reaches the session
+    // without a new SUBSCRIBE.
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "after-restart");
+    let reason = publisher.publish(publish("kept/z", QoS::AtLeastOnce, 1, b"zeta"));
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    let (mut subscriber, present) = resume(&broker, "keeps-subs");
+    assert!(present, "the session did not survive the restart");
+    let message = subscriber.expect_publish();
+    assert_eq!(message.topic, "kept/z");
+    assert_eq!(&message.payload[..], b"zeta");
+    subscriber.acknowledge(&message);
+
+    // The retained messages came back, and the cleared one stayed cleared.
+    let (mut fresh, _) = RawClient::connect_v5(broker.addr(), "fresh");
+    fresh.subscribe("kept/#", QoS::AtMostOnce);
+    let mut got: Vec<(String, Vec<u8>)> = fresh
+        .drain_publishes(Duration::from_secs(1))
+        .into_iter()
+        .map(|message| {
+            assert!(message.retain, "a retained copy without RETAIN");
+            (message.topic, message.payload.to_vec())
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("kept/a".to_string(), b"alpha".to_vec()),
+            ("kept/b".to_string(), b"beta".to_vec()),
+        ]
+    );
+}
