@@ -388,6 +388,14 @@ async fn read_loop(
             }
         }
 
+        // Let this shard's writers run before reading more. A read that
+        // finds data ready completes without suspending, so without this
+        // yield a client that floods the broker keeps this task running.
+        // Its subscribers' output is then never written, and QoS 0
+        // messages to them are dropped as congested. After the yield, each
+        // writer sends what this read produced in one write.
+        future::yield_now().await;
+
         let read = async {
             let read = reader.read(&mut scratch);
             match keep_alive {
