@@ -107,7 +107,9 @@ fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
         let word = u64::from_ne_bytes(chunk.try_into().expect("chunk of 8"));
         chunk.copy_from_slice(&(word ^ wide).to_ne_bytes());
     }
-    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask) {
+    // The remainder starts at a multiple of 8, so at mask[0], and may be
+    // longer than the mask.
+    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
         *byte ^= key;
     }
 }
@@ -248,6 +250,19 @@ mod tests {
         let mut payload = frame[offset + 4..offset + 4 + len].to_vec();
         apply_mask(&mut payload, mask);
         (frame[0] & 0x0F, payload)
+    }
+
+    #[test]
+    fn mask_matches_bytewise_xor() {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        for len in 0..40 {
+            let original: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut masked = original.clone();
+            apply_mask(&mut masked, mask);
+            for (i, (byte, plain)) in masked.iter().zip(&original).enumerate() {
+                assert_eq!(*byte, plain ^ mask[i % 4], "byte {i} of {len}");
+            }
+        }
     }
 
     #[test]
