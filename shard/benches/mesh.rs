@@ -49,6 +49,12 @@ fn publication() -> Arc<Publication> {
     })
 }
 
+/// Returns the mesh peer id of the other member of a mesh of two. Peer ids
+/// follow the order in which executors join, not their names.
+fn other_peer(own: usize) -> usize {
+    1 - own
+}
+
 fn placement(shard: usize) -> Placement {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus >= 2 {
@@ -77,7 +83,11 @@ fn run_hop(messages: u64, pattern: Pattern) -> Duration {
             for _ in 0..messages {
                 let msg = from_sender.recv().await.expect("sender open");
                 if let Pattern::RoundTrip = pattern {
-                    senders.send_to(0, msg).await.expect("reply channel open");
+                    let sender = other_peer(senders.peer_id());
+                    senders
+                        .send_to(sender, msg)
+                        .await
+                        .expect("reply channel open");
                 }
             }
             Instant::now()
@@ -95,10 +105,11 @@ fn run_hop(messages: u64, pattern: Pattern) -> Duration {
                 .next()
                 .expect("a full mesh of two has one peer stream");
             let publication = publication();
+            let receiver = other_peer(senders.peer_id());
             let started = Instant::now();
             for _ in 0..messages {
                 let msg = ShardMsg::Publish(publication.clone());
-                senders.send_to(1, msg).await.expect("channel open");
+                senders.send_to(receiver, msg).await.expect("channel open");
                 if let Pattern::RoundTrip = pattern {
                     from_receiver.recv().await.expect("reply received");
                 }
