@@ -26,10 +26,10 @@ fn build_table(wildcard_every: u32) -> FilterTrie<Arc<str>, u8> {
         let device = n % DEVICES_PER_SITE;
         let filter = if wildcard_every != 0 && n % wildcard_every == 0 {
             // Alternate the two wildcard kinds so both branches are walked.
-            if (n / wildcard_every) % 2 == 0 {
-                format!("fleet/site{site}/+/temp")
-            } else {
+            if (n / wildcard_every) % 2 == 1 {
                 format!("fleet/site{site}/#")
+            } else {
+                format!("fleet/site{site}/+/temp")
             }
         } else {
             format!("fleet/site{site}/dev{device}/temp")
