@@ -24,7 +24,9 @@ const DRAIN_QUIET: Duration = Duration::from_secs(2);
 
 fn start_durable(dir: &TempDir) -> Broker {
     let data_dir = dir.path().to_str().expect("UTF-8 temporary path");
-    Broker::start(&["--data-dir", data_dir])
+    // The queue bound would drop the oldest messages of a long offline
+    // period by design; these tests check the store, so the bound is lifted.
+    Broker::start(&["--data-dir", data_dir, "--max-queued-messages", "1000000"])
 }
 
 /// Connects `client_id` with clean start 0 and returns the client and the
