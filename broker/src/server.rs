@@ -127,14 +127,6 @@ fn open_store(config: &Config) -> Result<Option<Recovered>, ServerError> {
     }))
 }
 
-/// What every shard receives at start-up from the store.
-struct Startup {
-    recovered: Option<Arc<Recovered>>,
-    /// Shards that have rebuilt their sessions.
-    // Ordering: a counter that shards poll; Relaxed suffices.
-    restored: Arc<AtomicUsize>,
-}
-
 /// A listener's sockets: one per shard, all bound to the same address with
 /// SO_REUSEPORT so the kernel spreads new connections over the shards.
 struct BoundListener {
@@ -300,6 +292,13 @@ async fn watch_shutdown(shard: Shard) {
     let closed = shard.shut_down_connections();
     info!(connections = closed, "disconnecting clients");
     glommio::timer::sleep(SHUTDOWN_GRACE).await;
+}
+
+/// What the shards share while they start: the store's contents, and how
+/// many shards have rebuilt their sessions from it.
+struct Startup {
+    recovered: Option<Arc<Recovered>>,
+    restored: Arc<AtomicUsize>,
 }
 
 async fn shard_main(
