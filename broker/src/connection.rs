@@ -66,8 +66,9 @@ impl ConnectionContext {
 
 /// A socket accepted by a listener or handed over by another shard.
 pub struct Accepted {
-    /// A plain TCP stream when just accepted, because its listener's
-    /// handshakes run in [`serve`]; the stream as it was when handed over.
+    /// Plain TCP for a new connection, because the listener's TLS and
+    /// WebSocket handshakes run in [`serve`]. A handed-over connection
+    /// arrives with its handshakes done.
     pub stream: Transport,
     pub peer: SocketAddr,
     pub listener: usize,

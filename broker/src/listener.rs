@@ -20,7 +20,7 @@ use crate::transport::tcp::SharedTcpStream;
 use crate::transport::tls::{accept_tls, TlsConfig, TlsError, TlsHandoff, TlsStream};
 use crate::transport::ws::{accept_ws, WsConfig, WsError, WsHandoff, WsStream};
 
-/// What every shard needs to serve the connections of one listener.
+/// Per-listener settings that every shard uses to serve the listener's connections.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub protocol: ListenerProtocol,
@@ -248,8 +248,8 @@ impl Transport {
 
 /// Duplicates the descriptor of `socket`, which stays open.
 fn duplicate_fd(socket: &impl AsRawFd) -> io::Result<RawFd> {
-    // SAFETY: the descriptor belongs to a stream the caller still owns, so
-    // it is open; dup returns a new descriptor for the same socket or -1.
+    // SAFETY: the descriptor is open because it belongs to a stream that the
+    // caller still owns. dup returns a new descriptor for the same socket or -1.
     let duplicate = unsafe { libc::dup(socket.as_raw_fd()) };
     if duplicate < 0 {
         return Err(io::Error::last_os_error());

@@ -14,8 +14,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const repoRoot = join(here, "..", "..");
+const testDir = dirname(fileURLToPath(import.meta.url));
+const repoRoot = join(testDir, "..", "..");
 
 // Each wait is bounded so that a broken broker fails the test instead of hanging it.
 const BROKER_START_TIMEOUT_MS = 10_000;
@@ -37,7 +37,7 @@ async function importOrFail(name) {
   try {
     return await import(name);
   } catch (error) {
-    throw new Error(`npm package ${name} is missing (${error.message}): run \`npm ci\` in ${here}`);
+    throw new Error(`npm package ${name} is missing (${error.message}): run \`npm ci\` in ${testDir}`);
   }
 }
 
@@ -110,12 +110,12 @@ function startBroker(binary) {
 
 /** Serves the test page and the MQTT.js browser bundle on a free loopback port. */
 function startPageServer() {
-  const bundle = join(here, "node_modules", "mqtt", "dist", "mqtt.min.js");
+  const bundle = join(testDir, "node_modules", "mqtt", "dist", "mqtt.min.js");
   if (!existsSync(bundle)) {
-    throw new Error(`MQTT.js bundle not found at ${bundle}: run \`npm ci\` in ${here}`);
+    throw new Error(`MQTT.js bundle not found at ${bundle}: run \`npm ci\` in ${testDir}`);
   }
   const files = {
-    "/": { type: "text/html", body: readFileSync(join(here, "page.html")) },
+    "/": { type: "text/html", body: readFileSync(join(testDir, "page.html")) },
     "/mqtt.min.js": { type: "text/javascript", body: readFileSync(bundle) },
   };
   const server = createServer((request, response) => {

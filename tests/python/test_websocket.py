@@ -79,7 +79,7 @@ def parse_packets(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
 
 
 def read_packets(ws: RawWebSocket, count: int) -> list[tuple[int, bytes]]:
-    """Read binary frames until count whole MQTT packets have arrived; answer pings."""
+    """Read binary frames until count whole MQTT packets have arrived, skipping control frames other than close."""
     data = b""
     while True:
         packets, _ = parse_packets(data)
@@ -400,7 +400,7 @@ def test_text_frame_closed_with_1003(broker_factory):
 
 
 def test_mqtt_error_over_websocket_gets_disconnect(broker_factory):
-    """A malformed MQTT packet inside valid frames gets the MQTT answer, not a frame error."""
+    """A second CONNECT inside valid frames gets DISCONNECT 0x82, then a normal close frame."""
     _, ws_listener = ws_broker(broker_factory)
     ws, _ = RawWebSocket.connect(ws_listener.host, ws_listener.port)
     ws.send_frame(OP_BINARY, encode_connect("ws-malformed", 5))
