@@ -215,6 +215,8 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
         match stream.peer_common_name() {
             Some(common_name) => {
                 info!(client_id = %client_id, %peer, username = %common_name, "user name taken from the client certificate");
+                // TODO: mark the user name as verified by the certificate, so
+                // password authentication does not ask for a password too.
                 connect.username = Some(common_name);
             }
             None => {
