@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use coremq_shard::{DropPolicy, Limits};
 use serde::Deserialize;
@@ -28,36 +29,179 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("invalid {protocol} listener {address}: {message}")]
+    InvalidListener {
+        protocol: ListenerProtocol,
+        address: SocketAddr,
+        message: String,
+    },
 }
 
 /// Transport of a listener.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
+    /// MQTT over plain TCP.
     Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerProtocol {
+    /// Returns the name used in the config file and in `--listen` URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::Tls => "tls",
+            ListenerProtocol::Ws => "ws",
+            ListenerProtocol::Wss => "wss",
+        }
+    }
+
+    /// True for `tls` and `wss`, which need a certificate.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Tls | ListenerProtocol::Wss)
+    }
+
+    /// True for `ws` and `wss`, which serve MQTT at a request path.
+    pub fn uses_websocket(self) -> bool {
+        matches!(self, ListenerProtocol::Ws | ListenerProtocol::Wss)
+    }
 }
 
 impl std::fmt::Display for ListenerProtocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ListenerProtocol::Tcp => f.write_str("tcp"),
-        }
+        f.write_str(self.as_str())
     }
 }
 
 /// One listening socket.
+///
+/// After [`Config::load`], the certificate fields of a `tls` or `wss`
+/// listener are filled from the `[tls]` section where the listener sets
+/// none, `path` is set for `ws` and `wss`, and `handshake_timeout` is set.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ListenerConfig {
     /// Address to bind, such as `0.0.0.0:1883`; port 0 picks a free port.
     pub address: SocketAddr,
     /// Transport; default `tcp`.
     #[serde(default = "default_protocol")]
     pub protocol: ListenerProtocol,
+    /// Request path that serves MQTT on a `ws` or `wss` listener; default `/mqtt`.
+    pub path: Option<String>,
+    /// PEM certificate chain of a `tls` or `wss` listener, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM file of the CAs that sign client certificates.
+    pub client_ca_file: Option<PathBuf>,
+    /// Rejects TLS clients without a certificate signed by `client_ca_file`.
+    pub require_client_cert: Option<bool>,
+    /// Replaces the CONNECT user name by the client certificate's Common Name.
+    pub use_cn_as_username: Option<bool>,
+    /// Seconds a client has for the TLS handshake and for the WebSocket
+    /// upgrade request, each; default 10.
+    pub handshake_timeout: Option<u64>,
+}
+
+impl ListenerConfig {
+    /// Creates a listener with no per-listener settings.
+    pub fn new(address: SocketAddr, protocol: ListenerProtocol) -> Self {
+        ListenerConfig {
+            address,
+            protocol,
+            path: None,
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            require_client_cert: None,
+            use_cn_as_username: None,
+            handshake_timeout: None,
+        }
+    }
+
+    fn invalid(&self, message: String) -> ConfigError {
+        ConfigError::InvalidListener {
+            protocol: self.protocol,
+            address: self.address,
+            message,
+        }
+    }
 }
 
 fn default_protocol() -> ListenerProtocol {
     ListenerProtocol::Tcp
+}
+
+/// Parses a `--listen` value: `IP:PORT` (TCP), or a URL `tcp://IP:PORT`,
+/// `tls://IP:PORT`, `ws://IP:PORT/PATH` or `wss://IP:PORT/PATH`, where the
+/// path defaults to `/mqtt`.
+impl FromStr for ListenerConfig {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (protocol, rest) = match text.split_once("://") {
+            None => (ListenerProtocol::Tcp, text),
+            Some((scheme, rest)) => {
+                let protocol = match scheme.to_ascii_lowercase().as_str() {
+                    "tcp" | "mqtt" => ListenerProtocol::Tcp,
+                    "tls" | "mqtts" | "ssl" => ListenerProtocol::Tls,
+                    "ws" => ListenerProtocol::Ws,
+                    "wss" => ListenerProtocol::Wss,
+                    _ => {
+                        return Err(format!(
+                            "unknown scheme {scheme:?} in {text:?}; use tcp, tls, ws or wss"
+                        ))
+                    }
+                };
+                (protocol, rest)
+            }
+        };
+        let (address, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], Some(&rest[slash..])),
+            None => (rest, None),
+        };
+        let address: SocketAddr = address.parse().map_err(|_| {
+            format!(
+                "invalid address {address:?} in {text:?}; expected IP:PORT such as \
+                 127.0.0.1:1883 or [::1]:1883"
+            )
+        })?;
+        let mut listener = ListenerConfig::new(address, protocol);
+        if let Some(path) = path {
+            if !protocol.uses_websocket() {
+                return Err(format!(
+                    "{text:?} has a path, but only ws:// and wss:// listeners serve a path"
+                ));
+            }
+            listener.path = Some(path.to_owned());
+        }
+        Ok(listener)
+    }
+}
+
+/// `[tls]` section of the config file: the certificate that `tls` and `wss`
+/// listeners use unless they name their own. Every field optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first. Setting it (with `key-file`) also
+    /// starts the default TLS listeners when no listener is configured.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert-file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM file of the CAs that sign client certificates.
+    pub client_ca_file: Option<PathBuf>,
+    /// Rejects clients without a certificate signed by `client-ca-file`; default false.
+    pub require_client_cert: Option<bool>,
+    /// Replaces the CONNECT user name by the client certificate's Common
+    /// Name; needs `require-client-cert`; default false.
+    pub use_cn_as_username: Option<bool>,
 }
 
 /// Storage section of the config file; every field optional.
@@ -127,12 +271,19 @@ pub struct FileConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub storage: StorageConfig,
+    #[serde(default)]
+    pub tls: TlsSection,
 }
 
 /// Settings from the command line that override the file.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    pub listen: Vec<SocketAddr>,
+    /// Replaces the listeners of the file when not empty.
+    pub listen: Vec<ListenerConfig>,
+    /// Overrides each field of the file's `[tls]` section that it sets.
+    pub tls: TlsSection,
+    /// Overrides `handshake-timeout` of every listener, in seconds.
+    pub handshake_timeout: Option<u64>,
     pub shards: Option<usize>,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
@@ -152,6 +303,27 @@ pub struct Config {
 
 /// Default TCP listener when neither the file nor the command line names one.
 pub const DEFAULT_TCP_ADDRESS: &str = "0.0.0.0:1883";
+
+/// Default WebSocket listener, at [`DEFAULT_WS_PATH`].
+pub const DEFAULT_WS_ADDRESS: &str = "0.0.0.0:8083";
+
+/// Default TLS listener, started only when a certificate is configured.
+pub const DEFAULT_TLS_ADDRESS: &str = "0.0.0.0:8883";
+
+/// Default WebSocket-over-TLS listener, started only when a certificate is
+/// configured.
+pub const DEFAULT_WSS_ADDRESS: &str = "0.0.0.0:8084";
+
+/// Request path of a WebSocket listener that sets none.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
+
+/// Seconds a client has for the TLS handshake or the WebSocket upgrade,
+/// long enough for a slow mobile link, short enough that idle sockets do
+/// not pile up.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+
+/// Largest `handshake-timeout` accepted, in seconds.
+const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 300;
 
 impl Config {
     /// Loads `path` (if any), applies `overrides` and checks every value.
@@ -188,25 +360,18 @@ impl Config {
             });
         }
 
+        let tls = merge_tls(file.tls, overrides.tls);
         let listeners = if !overrides.listen.is_empty() {
-            overrides
-                .listen
-                .iter()
-                .map(|address| ListenerConfig {
-                    address: *address,
-                    protocol: ListenerProtocol::Tcp,
-                })
-                .collect()
+            overrides.listen
         } else if !file.listeners.is_empty() {
             file.listeners
         } else {
-            vec![ListenerConfig {
-                address: DEFAULT_TCP_ADDRESS
-                    .parse()
-                    .expect("the default address is valid"),
-                protocol: ListenerProtocol::Tcp,
-            }]
+            default_listeners(&tls)
         };
+        let listeners = listeners
+            .into_iter()
+            .map(|listener| resolve_listener(listener, &tls, overrides.handshake_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let limits = merge_limits(file.limits, overrides.limits);
         let defaults = Limits::default();
@@ -298,6 +463,134 @@ impl Config {
             storage,
             fsync,
         })
+    }
+}
+
+/// TCP and WebSocket listeners on every address, plus TLS and WebSocket
+/// over TLS when `[tls]` names a certificate.
+fn default_listeners(tls: &TlsSection) -> Vec<ListenerConfig> {
+    let default = |address: &str, protocol| {
+        let address = address.parse().expect("the default addresses are valid");
+        ListenerConfig::new(address, protocol)
+    };
+    let mut listeners = vec![
+        default(DEFAULT_TCP_ADDRESS, ListenerProtocol::Tcp),
+        default(DEFAULT_WS_ADDRESS, ListenerProtocol::Ws),
+    ];
+    if tls.cert_file.is_some() {
+        listeners.push(default(DEFAULT_TLS_ADDRESS, ListenerProtocol::Tls));
+        listeners.push(default(DEFAULT_WSS_ADDRESS, ListenerProtocol::Wss));
+    }
+    listeners
+}
+
+/// Checks one listener's settings against its protocol and fills in the
+/// defaults: the `[tls]` certificate, the WebSocket path and the handshake
+/// timeout.
+fn resolve_listener(
+    mut listener: ListenerConfig,
+    tls: &TlsSection,
+    handshake_timeout: Option<u64>,
+) -> Result<ListenerConfig, ConfigError> {
+    let protocol = listener.protocol;
+
+    if protocol.uses_websocket() {
+        let path = listener
+            .path
+            .get_or_insert_with(|| DEFAULT_WS_PATH.to_owned());
+        if !path.starts_with('/') {
+            let message = format!("path {path:?} must start with '/', such as \"/mqtt\"");
+            return Err(listener.invalid(message));
+        }
+    } else if listener.path.is_some() {
+        let message = "`path` applies only to ws and wss listeners; remove it".to_owned();
+        return Err(listener.invalid(message));
+    }
+
+    if protocol.uses_tls() {
+        resolve_certificate(&mut listener, tls)?;
+    } else {
+        let tls_keys = [
+            ("cert-file", listener.cert_file.is_some()),
+            ("key-file", listener.key_file.is_some()),
+            ("client-ca-file", listener.client_ca_file.is_some()),
+            (
+                "require-client-cert",
+                listener.require_client_cert.is_some(),
+            ),
+            ("use-cn-as-username", listener.use_cn_as_username.is_some()),
+        ];
+        if let Some((key, _)) = tls_keys.iter().find(|(_, set)| *set) {
+            let message = format!("`{key}` applies only to tls and wss listeners; remove it");
+            return Err(listener.invalid(message));
+        }
+    }
+
+    let timeout = handshake_timeout
+        .or(listener.handshake_timeout)
+        .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_SECS);
+    if timeout == 0 || timeout > MAX_HANDSHAKE_TIMEOUT_SECS {
+        let message = format!(
+            "handshake-timeout {timeout} is out of range; use 1 to {MAX_HANDSHAKE_TIMEOUT_SECS} seconds"
+        );
+        return Err(listener.invalid(message));
+    }
+    listener.handshake_timeout = Some(timeout);
+    Ok(listener)
+}
+
+/// Fills a `tls` or `wss` listener's certificate settings from `[tls]`
+/// where it sets none, and checks that they fit together.
+fn resolve_certificate(listener: &mut ListenerConfig, tls: &TlsSection) -> Result<(), ConfigError> {
+    if listener.cert_file.is_none() && listener.key_file.is_none() {
+        listener.cert_file.clone_from(&tls.cert_file);
+        listener.key_file.clone_from(&tls.key_file);
+    }
+    if listener.client_ca_file.is_none() {
+        listener.client_ca_file.clone_from(&tls.client_ca_file);
+    }
+    let require_client_cert = listener
+        .require_client_cert
+        .or(tls.require_client_cert)
+        .unwrap_or(false);
+    let use_cn_as_username = listener
+        .use_cn_as_username
+        .or(tls.use_cn_as_username)
+        .unwrap_or(false);
+    listener.require_client_cert = Some(require_client_cert);
+    listener.use_cn_as_username = Some(use_cn_as_username);
+
+    if listener.cert_file.is_none() || listener.key_file.is_none() {
+        let message = "needs a certificate and its key; set `cert-file` and `key-file` on the \
+                       listener or in [tls], or pass --tls-cert and --tls-key"
+            .to_owned();
+        return Err(listener.invalid(message));
+    }
+    if require_client_cert && listener.client_ca_file.is_none() {
+        let message = "`require-client-cert` needs `client-ca-file` (--tls-client-ca), the CA \
+                       that signs client certificates"
+            .to_owned();
+        return Err(listener.invalid(message));
+    }
+    if use_cn_as_username && !require_client_cert {
+        // Without this, a client that sends no certificate would keep the
+        // user name of its CONNECT on a listener meant to take it from the
+        // certificate.
+        let message = "`use-cn-as-username` needs `require-client-cert = true` \
+                       (--tls-require-client-cert)"
+            .to_owned();
+        return Err(listener.invalid(message));
+    }
+    Ok(())
+}
+
+fn merge_tls(file: TlsSection, cli: TlsSection) -> TlsSection {
+    TlsSection {
+        cert_file: cli.cert_file.or(file.cert_file),
+        key_file: cli.key_file.or(file.key_file),
+        client_ca_file: cli.client_ca_file.or(file.client_ca_file),
+        require_client_cert: cli.require_client_cert.or(file.require_client_cert),
+        use_cn_as_username: cli.use_cn_as_username.or(file.use_cn_as_username),
     }
 }
 
@@ -399,8 +692,24 @@ mod tests {
     fn defaults_without_file() {
         let config = Config::from_parts(FileConfig::default(), Overrides::default())
             .expect("defaults are valid");
-        assert_eq!(config.listeners.len(), 1);
-        assert_eq!(config.listeners[0].address.port(), 1883);
+        let listeners: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                (
+                    listener.protocol,
+                    listener.address.port(),
+                    listener.path.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listeners,
+            [
+                (ListenerProtocol::Tcp, 1883, None),
+                (ListenerProtocol::Ws, 8083, Some("/mqtt")),
+            ]
+        );
         assert_eq!(config.limits.receive_maximum, 1024);
         assert!(config.shards >= 1);
     }
@@ -447,5 +756,198 @@ mod tests {
         let error =
             toml::from_str::<FileConfig>("[limits]\nrecieve-maximum = 5\n").expect_err("typo");
         assert!(error.to_string().contains("recieve-maximum"));
+    }
+
+    #[test]
+    fn certificate_adds_default_tls_listeners() {
+        let file: FileConfig =
+            toml::from_str("[tls]\ncert-file = \"server.pem\"\nkey-file = \"server.key\"\n")
+                .expect("valid toml");
+        let config = Config::from_parts(file, Overrides::default()).expect("valid config");
+        let listeners: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|listener| (listener.protocol, listener.address.port()))
+            .collect();
+        assert_eq!(
+            listeners,
+            [
+                (ListenerProtocol::Tcp, 1883),
+                (ListenerProtocol::Ws, 8083),
+                (ListenerProtocol::Tls, 8883),
+                (ListenerProtocol::Wss, 8084),
+            ]
+        );
+        for listener in &config.listeners[2..] {
+            assert_eq!(listener.cert_file.as_deref(), Some(Path::new("server.pem")));
+            assert_eq!(listener.key_file.as_deref(), Some(Path::new("server.key")));
+            assert_eq!(listener.require_client_cert, Some(false));
+        }
+    }
+
+    #[test]
+    fn listen_urls_parse() {
+        let cases = [
+            (
+                "127.0.0.1:1883",
+                ListenerProtocol::Tcp,
+                "127.0.0.1:1883",
+                None,
+            ),
+            (
+                "tcp://127.0.0.1:0",
+                ListenerProtocol::Tcp,
+                "127.0.0.1:0",
+                None,
+            ),
+            (
+                "tls://0.0.0.0:8883",
+                ListenerProtocol::Tls,
+                "0.0.0.0:8883",
+                None,
+            ),
+            (
+                "ws://127.0.0.1:0",
+                ListenerProtocol::Ws,
+                "127.0.0.1:0",
+                None,
+            ),
+            (
+                "ws://127.0.0.1:0/mqtt",
+                ListenerProtocol::Ws,
+                "127.0.0.1:0",
+                Some("/mqtt"),
+            ),
+            (
+                "WSS://[::1]:8084/a/b",
+                ListenerProtocol::Wss,
+                "[::1]:8084",
+                Some("/a/b"),
+            ),
+        ];
+        for (text, protocol, address, path) in cases {
+            let listener: ListenerConfig = text
+                .parse()
+                .unwrap_or_else(|error| panic!("{text}: {error}"));
+            assert_eq!(listener.protocol, protocol, "{text}");
+            assert_eq!(
+                listener.address,
+                address.parse::<SocketAddr>().expect("valid"),
+                "{text}"
+            );
+            assert_eq!(listener.path.as_deref(), path, "{text}");
+        }
+    }
+
+    #[test]
+    fn listen_url_errors_name_the_fix() {
+        let cases = [
+            ("http://127.0.0.1:80", "use tcp, tls, ws or wss"),
+            ("ws://localhost:8083/mqtt", "expected IP:PORT"),
+            (
+                "tls://127.0.0.1:8883/mqtt",
+                "only ws:// and wss:// listeners serve a path",
+            ),
+            ("127.0.0.1", "expected IP:PORT"),
+        ];
+        for (text, expected) in cases {
+            let error = text.parse::<ListenerConfig>().expect_err(text);
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn tls_listener_needs_certificate() {
+        let overrides = Overrides {
+            listen: vec!["tls://127.0.0.1:0".parse().expect("valid URL")],
+            ..Default::default()
+        };
+        let error = Config::from_parts(FileConfig::default(), overrides).expect_err("no cert");
+        let message = error.to_string();
+        assert!(message.contains("tls listener 127.0.0.1:0"), "{message}");
+        assert!(message.contains("--tls-cert"), "{message}");
+    }
+
+    #[test]
+    fn client_cert_settings_checked() {
+        let cases = [
+            (
+                "require-client-cert = true\n",
+                "`require-client-cert` needs `client-ca-file`",
+            ),
+            (
+                "client-ca-file = \"ca.pem\"\nuse-cn-as-username = true\n",
+                "`use-cn-as-username` needs `require-client-cert = true`",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let text = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\nprotocol = \"tls\"\n\
+                 cert-file = \"s.pem\"\nkey-file = \"s.key\"\n{extra}"
+            );
+            let file: FileConfig = toml::from_str(&text).expect("valid toml");
+            let error = Config::from_parts(file, Overrides::default()).expect_err(expected);
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn listener_keys_checked_against_protocol() {
+        let cases = [
+            (
+                "protocol = \"tcp\"\npath = \"/mqtt\"\n",
+                "`path` applies only to ws and wss",
+            ),
+            (
+                "protocol = \"ws\"\npath = \"mqtt\"\n",
+                "must start with '/'",
+            ),
+            (
+                "protocol = \"ws\"\ncert-file = \"s.pem\"\n",
+                "`cert-file` applies only to tls and wss",
+            ),
+            (
+                "protocol = \"ws\"\nhandshake-timeout = 0\n",
+                "use 1 to 300 seconds",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let text = format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{extra}");
+            let file: FileConfig = toml::from_str(&text).expect("valid toml");
+            let error = Config::from_parts(file, Overrides::default()).expect_err(expected);
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn listener_certificate_overrides_section() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [tls]
+            cert-file = "shared.pem"
+            key-file = "shared.key"
+            client-ca-file = "ca.pem"
+
+            [[listeners]]
+            address = "127.0.0.1:0"
+            protocol = "wss"
+            cert-file = "own.pem"
+            key-file = "own.key"
+            require-client-cert = true
+            use-cn-as-username = true
+            handshake-timeout = 3
+            "#,
+        )
+        .expect("valid toml");
+        let config = Config::from_parts(file, Overrides::default()).expect("valid config");
+        let listener = &config.listeners[0];
+        assert_eq!(listener.cert_file.as_deref(), Some(Path::new("own.pem")));
+        assert_eq!(
+            listener.client_ca_file.as_deref(),
+            Some(Path::new("ca.pem"))
+        );
+        assert_eq!(listener.path.as_deref(), Some("/mqtt"));
+        assert_eq!(listener.use_cn_as_username, Some(true));
+        assert_eq!(listener.handshake_timeout, Some(3));
     }
 }

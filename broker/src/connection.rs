@@ -22,7 +22,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::listener::Transport;
+use crate::listener::{Endpoint, Transport};
 
 /// Time a new connection has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,16 +40,24 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct ConnectionContext {
     shard: Shard,
     config: Rc<Config>,
+    /// Settings of each listener, by listener index.
+    endpoints: Rc<[Endpoint]>,
     /// Open connections over all shards, for `max-connections`.
     connections: Arc<AtomicUsize>,
     next_conn_id: Rc<Cell<u64>>,
 }
 
 impl ConnectionContext {
-    pub fn new(shard: Shard, config: Config, connections: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        shard: Shard,
+        config: Config,
+        endpoints: Vec<Endpoint>,
+        connections: Arc<AtomicUsize>,
+    ) -> Self {
         ConnectionContext {
             shard,
             config: Rc::new(config),
+            endpoints: endpoints.into(),
             connections,
             next_conn_id: Rc::new(Cell::new(1)),
         }
@@ -58,6 +66,9 @@ impl ConnectionContext {
 
 /// A socket accepted by a listener or handed over by another shard.
 pub struct Accepted {
+    /// Plain TCP for a new connection, because the listener's TLS and
+    /// WebSocket handshakes run in [`serve`]. A handed-over connection
+    /// arrives with its handshakes done.
     pub stream: Transport,
     pub peer: SocketAddr,
     pub listener: usize,
@@ -71,7 +82,8 @@ pub struct Accepted {
 enum Ending {
     /// The peer closed the socket.
     Eof,
-    /// Reading from the socket failed.
+    /// Reading from the socket failed, or the transport below MQTT
+    /// (TLS, WebSocket) received invalid data.
     ReadFailed,
     /// The broker closed it, with the reason code sent in DISCONNECT.
     Server(Option<ReasonCode>),
@@ -87,14 +99,26 @@ pub async fn serve(context: ConnectionContext, accepted: Accepted) {
 }
 
 async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_limit: bool) {
+    let handed_over = !accepted.buffered.is_empty();
     let Accepted {
-        mut stream,
+        stream,
         peer,
         listener,
         buffered,
         assigned_client_id,
     } = accepted;
-    stream.set_nodelay();
+    let Some(endpoint) = context.endpoints.get(listener) else {
+        warn!(%peer, listener, "connection from an unknown listener index; closing");
+        return;
+    };
+    let mut stream = if handed_over {
+        stream
+    } else {
+        match accept_transport(stream, endpoint, peer).await {
+            Some(stream) => stream,
+            None => return,
+        }
+    };
     let limits = context.shard.limits();
 
     // Read until one whole CONNECT is buffered.
@@ -126,6 +150,10 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
         match read.await {
             Ok(Ok(0)) => return,
             Ok(Ok(n)) => buffer.extend_from_slice(&scratch[..n]),
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                info!(%peer, protocol = %endpoint.protocol, %error, "invalid data before CONNECT; closing");
+                return;
+            }
             Ok(Err(error)) => {
                 debug!(%peer, %error, "connection closed before CONNECT");
                 return;
@@ -182,6 +210,22 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
         probe.len()
     };
     let _ = buffer.split_to(consumed);
+    let mut connect = connect;
+    if endpoint.use_cn_as_username {
+        match stream.peer_common_name() {
+            Some(common_name) => {
+                info!(client_id = %client_id, %peer, username = %common_name, "user name taken from the client certificate");
+                // TODO: mark the user name as verified by the certificate, so
+                // password authentication does not ask for a password too.
+                connect.username = Some(common_name);
+            }
+            None => {
+                warn!(client_id = %client_id, %peer, "client certificate has no Common Name to use as user name; rejecting");
+                send_connack(&mut stream, protocol, ReasonCode::NOT_AUTHORIZED).await;
+                return;
+            }
+        }
+    }
     run_session(
         context,
         stream,
@@ -192,6 +236,27 @@ async fn serve_counted(context: &ConnectionContext, accepted: Accepted, over_lim
         assigned,
     )
     .await;
+}
+
+/// Runs the listener's TLS handshake and WebSocket upgrade on a new
+/// connection. Returns `None`, after logging why, when they fail.
+async fn accept_transport(
+    stream: Transport,
+    endpoint: &Endpoint,
+    peer: SocketAddr,
+) -> Option<Transport> {
+    let Transport::Tcp(tcp) = stream else {
+        // Only a handed-over connection has its handshakes done already.
+        return Some(stream);
+    };
+    match Transport::accept(tcp, endpoint).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            // Bad clients and port scanners end here: info, not warn.
+            info!(%peer, protocol = %endpoint.protocol, %error, "handshake failed; closing");
+            None
+        }
+    }
 }
 
 /// Answers a CONNECT that cannot be decoded, then lets the socket close.
@@ -280,6 +345,7 @@ async fn hand_over(
             return;
         }
     };
+    debug!(%peer, owner, "handing the connection to its owner shard");
     let handoff = Handoff {
         fd,
         buffered: buffer.to_vec(),
@@ -423,7 +489,14 @@ async fn read_loop(
                     scratch = vec![0u8; (scratch.len() * 2).min(READ_CHUNK)];
                 }
             }
-            ReadEvent::Data(Err(_)) => return Ending::ReadFailed,
+            ReadEvent::Data(Err(error)) => {
+                if error.kind() == std::io::ErrorKind::InvalidData {
+                    info!(client_id = %client_id, peer = %conn.peer, %error, "invalid transport data; closing");
+                } else {
+                    debug!(client_id = %client_id, peer = %conn.peer, %error, "read failed");
+                }
+                return Ending::ReadFailed;
+            }
             ReadEvent::TimedOut => {
                 info!(client_id = %client_id, peer = %conn.peer, "keep alive timed out");
                 return Ending::Server(Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
@@ -470,7 +543,7 @@ async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<Transport>) {
         // delivery by about 10% at 1,000 messages/s per socket but raised p50
         // latency from 0.9 to 2.4 ms, so it is not enabled.
         let output = conn.take_output();
-        if !output.is_empty() && writer.write_all(&output).await.is_err() {
+        if !output.is_empty() && write_and_flush(&mut writer, &output).await.is_err() {
             conn.request_close(CloseRequest { reason: None });
             break;
         }
@@ -479,4 +552,12 @@ async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<Transport>) {
         }
     }
     let _ = writer.close().await;
+}
+
+/// Writes `output` and flushes it. TLS and WebSocket streams may keep
+/// encoded bytes when the socket is full, and only a flush waits until the
+/// socket has taken them all. On TCP the flush costs nothing.
+async fn write_and_flush(writer: &mut WriteHalf<Transport>, output: &[u8]) -> std::io::Result<()> {
+    writer.write_all(output).await?;
+    writer.flush().await
 }

@@ -11,3 +11,4 @@ pub mod config;
 pub mod connection;
 pub mod listener;
 pub mod server;
+pub mod transport;

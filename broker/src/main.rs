@@ -1,11 +1,10 @@
 //! The `coremq` command.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use coremq::config::{Config, LimitsConfig, Overrides, StorageConfig};
+use coremq::config::{Config, LimitsConfig, ListenerConfig, Overrides, StorageConfig, TlsSection};
 use tracing::error;
 
 #[global_allocator]
@@ -13,18 +12,43 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// CoreMQ, a thread-per-core MQTT 5.0 and 3.1.1 broker.
 ///
-/// With no options it listens on 0.0.0.0:1883 with one shard per CPU.
-/// Log verbosity follows RUST_LOG (default `info`).
+/// With no options it listens for MQTT over TCP on 0.0.0.0:1883 and over
+/// WebSocket on 0.0.0.0:8083 at /mqtt, with one shard per CPU. With a
+/// certificate (--tls-cert, --tls-key) it also listens for TLS on 8883 and
+/// WebSocket over TLS on 8084. Log verbosity follows RUST_LOG (default `info`).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     /// TOML config file; command-line options override its values.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// TCP address to listen on, such as 127.0.0.1:1883 (port 0 picks a
-    /// free port); repeatable; replaces the listeners of the config file.
-    #[arg(long, value_name = "ADDR")]
-    listen: Vec<SocketAddr>,
+    /// Listener to start: IP:PORT for TCP, or a URL tcp://IP:PORT,
+    /// tls://IP:PORT, ws://IP:PORT/PATH or wss://IP:PORT/PATH (path
+    /// default /mqtt). Port 0 picks a free port. Repeatable; replaces the
+    /// listeners of the config file.
+    #[arg(long, value_name = "ADDR|URL")]
+    listen: Vec<ListenerConfig>,
+    /// PEM certificate chain for tls and wss listeners, leaf first.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM file of the CAs that sign client certificates; clients may then
+    /// authenticate with a certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Rejects TLS clients without a certificate signed by --tls-client-ca.
+    #[arg(long)]
+    tls_require_client_cert: bool,
+    /// Uses the client certificate's Common Name as the MQTT user name;
+    /// needs --tls-require-client-cert.
+    #[arg(long)]
+    tls_cn_as_username: bool,
+    /// Seconds a client has for the TLS handshake and for the WebSocket
+    /// upgrade request, each [default: 10].
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout: Option<u64>,
     /// Executors to run, one per core [default: every CPU the process may use].
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -70,6 +94,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = Overrides {
         listen: cli.listen,
+        tls: TlsSection {
+            cert_file: cli.tls_cert,
+            key_file: cli.tls_key,
+            client_ca_file: cli.tls_client_ca,
+            require_client_cert: cli.tls_require_client_cert.then_some(true),
+            use_cn_as_username: cli.tls_cn_as_username.then_some(true),
+        },
+        handshake_timeout: cli.handshake_timeout,
         shards: cli.shards,
         limits: LimitsConfig {
             max_connections: cli.max_connections,

@@ -26,7 +26,8 @@ use futures_lite::future;
 
 use crate::config::{allowed_cpus, Config, ListenerProtocol, Storage};
 use crate::connection::{self, Accepted, ConnectionContext};
-use crate::listener::Transport;
+use crate::listener::{Endpoint, Transport};
+use crate::transport::tls::TlsError;
 
 /// Capacity of each shard-to-shard channel, in messages. Large enough that
 /// a burst of publishes to another shard rarely waits, small enough that a
@@ -57,6 +58,12 @@ pub enum ServerError {
     Bind {
         address: SocketAddr,
         source: std::io::Error,
+    },
+    #[error("cannot start the {protocol} listener {address}: {source}")]
+    Tls {
+        protocol: ListenerProtocol,
+        address: SocketAddr,
+        source: Box<TlsError>,
     },
     #[error("cannot start executor for shard {shard}: {message}")]
     Executor { shard: usize, message: String },
@@ -180,9 +187,15 @@ fn bind_reuseport(address: SocketAddr) -> std::io::Result<Socket> {
 /// Returns an error when a listener cannot be bound or an executor cannot
 /// be started.
 pub fn run(config: Config) -> Result<(), ServerError> {
+    let endpoints = load_endpoints(&config)?;
     let listeners = bind_listeners(&config)?;
-    for listener in &listeners {
-        info!(protocol = %listener.protocol, addr = %listener.address, "listening");
+    for (listener, settings) in listeners.iter().zip(&config.listeners) {
+        match &settings.path {
+            Some(path) => {
+                info!(protocol = %listener.protocol, addr = %listener.address, path = %path, "listening")
+            }
+            None => info!(protocol = %listener.protocol, addr = %listener.address, "listening"),
+        }
     }
 
     spawn_signal_thread()?;
@@ -197,6 +210,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let mesh = mesh.clone();
         let config = config.clone();
         let connections = connections.clone();
+        let endpoints = endpoints.clone();
         let recovered = recovered.clone();
         let restored = restored.clone();
         let fds: Vec<(usize, SocketAddr, RawFd)> = listeners
@@ -211,7 +225,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     recovered,
                     restored,
                 };
-                shard_main(mesh, config, fds, connections, startup).await
+                shard_main(mesh, config, endpoints, fds, connections, startup).await
             })
             .map_err(|error| ServerError::Executor {
                 shard: shard_index,
@@ -226,6 +240,23 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Loads each listener's certificate files once, before any shard starts.
+fn load_endpoints(config: &Config) -> Result<Vec<Endpoint>, ServerError> {
+    config
+        .listeners
+        .iter()
+        .map(|listener| {
+            Endpoint::new(listener, config.limits.max_packet_size).map_err(|source| {
+                ServerError::Tls {
+                    protocol: listener.protocol,
+                    address: listener.address,
+                    source: Box::new(source),
+                }
+            })
+        })
+        .collect()
 }
 
 /// Starts the thread that turns SIGTERM and SIGINT into a shutdown request.
@@ -273,6 +304,7 @@ struct Startup {
 async fn shard_main(
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     config: Config,
+    endpoints: Vec<Endpoint>,
     listeners: Vec<(usize, SocketAddr, RawFd)>,
     connections: Arc<AtomicUsize>,
     startup: Startup,
@@ -288,7 +320,7 @@ async fn shard_main(
     let shard = Shard::new(senders, config.limits.clone(), persistence);
     shard.install();
     let span = tracing::info_span!("shard", id = shard.id());
-    let context = ConnectionContext::new(shard.clone(), config.clone(), connections);
+    let context = ConnectionContext::new(shard.clone(), config.clone(), endpoints, connections);
 
     for (peer, receiver) in receivers.streams() {
         let shard = shard.clone();

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -32,10 +33,33 @@ STOP_TIMEOUT_SECONDS = 5.0
 MAX_REPORTED_LOG_LINES = 400
 
 LISTENING_LINE = re.compile(r'listening protocol=tcp addr="?([0-9.]+):(\d+)')
+# Every listener: protocol, IPv4 host, port and, for ws and wss, the request path.
+ANY_LISTENING_LINE = re.compile(
+    r'listening protocol=(\w+) addr="?([0-9.]+):(\d+)"?(?: path="?([^"\s]+))?'
+)
 # Other fields, such as peer=, may stand between client_id= and shard=.
 CONNECTED_LINE = re.compile(r'\bconnected client_id="?([^"\s]+)"?[^\n]*?\sshard=(\d+)')
 
+# RUST_LOG filter that adds the debug line the accepting shard logs when it hands a
+# connection to its owner shard, and that line.
+HANDOFF_LOG_FILTER = "info,coremq::connection=debug"
+HANDOFF_LINE = re.compile(r"handing the connection to its owner shard")
+
 BROKERS_KEY = pytest.StashKey[list]()
+
+
+@dataclass
+class Listener:
+    """One listening socket of a broker, as its `listening` log line names it."""
+
+    protocol: str
+    host: str
+    port: int
+    path: str | None
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{self.host}:{self.port}{self.path or ''}"
 
 
 class Broker:
@@ -69,6 +93,23 @@ class Broker:
                     f"coremq log has no line matching {pattern.pattern!r} after {timeout} s"
                 )
             time.sleep(0.05)
+
+    def listeners(self) -> list[Listener]:
+        """Return every listener that the log names, in start-up order."""
+        return [
+            Listener(match.group(1), match.group(2), int(match.group(3)), match.group(4))
+            for match in ANY_LISTENING_LINE.finditer(self.log_text())
+        ]
+
+    def listener(self, protocol: str) -> Listener:
+        """Return the first listener of protocol (tcp, tls, ws or wss); fail if there is none."""
+        for listener in self.listeners():
+            if listener.protocol == protocol:
+                return listener
+        raise AssertionError(
+            f"coremq log has no `listening protocol={protocol}` line; started with "
+            f"{' '.join(self.args)}"
+        )
 
     def client_shards(self) -> dict[str, int]:
         """Parse the owner shard of each client id from the `connected` log lines."""
@@ -251,7 +292,11 @@ def mosquitto() -> Iterator[MosquittoTools]:
 
 @pytest.fixture
 def mqtt() -> Iterator[Callable[..., "MqttClient"]]:  # noqa: F821
-    """Create paho clients that are closed when the test ends: `mqtt(broker, "id", version)`."""
+    """Create paho clients that are closed when the test ends: `mqtt(broker, "id", version)`.
+
+    The first argument may also be a `Listener`; keyword arguments such as `transport` and
+    `tls_context` go to `MqttClient`.
+    """
     try:
         from mqtt_clients import MqttClient
     except ImportError as error:
@@ -259,8 +304,10 @@ def mqtt() -> Iterator[Callable[..., "MqttClient"]]:  # noqa: F821
 
     clients: list[MqttClient] = []
 
-    def create(broker: Broker, client_id: str, version: int = 5) -> MqttClient:
-        client = MqttClient(broker.host, broker.port, client_id, version)
+    def create(
+        broker: Broker | Listener, client_id: str, version: int = 5, **options
+    ) -> MqttClient:
+        client = MqttClient(broker.host, broker.port, client_id, version, **options)
         clients.append(client)
         return client
 

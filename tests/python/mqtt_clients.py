@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -74,9 +75,24 @@ class ConnAck:
 class MqttClient:
     """One MQTT client id, driven through paho-mqtt 2.x."""
 
-    def __init__(self, host: str, port: int, client_id: str, version: int = 5):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        version: int = 5,
+        transport: str = "tcp",
+        ws_path: str = "/mqtt",
+        tls_context: ssl.SSLContext | None = None,
+    ):
+        """transport is "tcp" or "websockets"; tls_context turns on TLS over either."""
         if version not in PAHO_PROTOCOLS:
             raise ValueError(f"unsupported MQTT version {version}: expected 5 or 311")
+        if transport not in ("tcp", "websockets"):
+            raise ValueError(f"unsupported transport {transport!r}: expected tcp or websockets")
+        self.transport = transport
+        self.ws_path = ws_path
+        self.tls_context = tls_context
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -133,7 +149,12 @@ class MqttClient:
             reconnect_on_failure=False,
             # Unless paho_acks is set, the wrapper sends every acknowledgement (see _on_message).
             manual_ack=not paho_acks,
+            transport=self.transport,
         )
+        if self.transport == "websockets":
+            client.ws_set_options(path=self.ws_path)
+        if self.tls_context is not None:
+            client.tls_set_context(self.tls_context)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

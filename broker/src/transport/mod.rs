@@ -1,5 +1,6 @@
 //! Byte-stream transports that wrap an accepted TCP connection before the
-//! MQTT codec decodes its bytes: WebSocket (`ws`) and TLS (`tls`).
+//! MQTT codec decodes its bytes: WebSocket (`ws`) and TLS (`tls`), over a
+//! TCP stream that the reading and the writing task can share (`tcp`).
 //!
 //! Each wrapper is generic over an inner stream `S: AsyncRead + AsyncWrite +
 //! Unpin` and implements the same traits, so the connection handler runs
@@ -8,6 +9,7 @@
 //! stream's poll functions and keep their state in plain buffers, which also
 //! lets a connection be taken apart and handed to another shard.
 
+pub mod tcp;
 pub mod tls;
 pub mod ws;
 
