@@ -18,7 +18,7 @@ use crate::auth::{Authenticator, EnhancedAuth};
 use crate::connection::send_connack;
 use crate::listener::Transport;
 
-/// Time the client has to answer the server-first message at CONNECT.
+/// Time the client has to respond to the server-first message at CONNECT.
 const AUTH_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes read from the socket per read call during the exchange.
@@ -40,7 +40,7 @@ pub struct Login {
 /// final message for CONNACK. On failure the CONNACK with the reason code
 /// has been sent and the caller closes the connection.
 ///
-/// `buffer` holds the bytes read after the CONNECT. The AUTH packet read
+/// `buffer` contains the bytes read after the CONNECT. The AUTH packet read
 /// during the exchange is taken from it.
 pub async fn authenticate_connect(
     authenticator: &Authenticator,
@@ -79,21 +79,21 @@ pub async fn authenticate_connect(
     let username = exchange.username().to_string();
     write_packet(stream, &auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, server_first)).await;
 
-    let answer = match read_auth_answer(stream, buffer, peer, max_packet_size).await {
-        Ok(answer) => answer,
+    let response = match read_auth_response(stream, buffer, peer, max_packet_size).await {
+        Ok(response) => response,
         Err(Some(reason)) => {
             send_connack(stream, protocol, reason).await;
             return Err(());
         }
         Err(None) => return Err(()),
     };
-    let same_method = answer.properties.authentication_method.as_deref() == Some(method.as_str());
-    if answer.reason != ReasonCode::CONTINUE_AUTHENTICATION || !same_method {
-        info!(%peer, reason = answer.reason.0, "AUTH during CONNECT has the wrong reason code or method");
+    let same_method = response.properties.authentication_method.as_deref() == Some(method.as_str());
+    if response.reason != ReasonCode::CONTINUE_AUTHENTICATION || !same_method {
+        info!(%peer, reason = response.reason.0, "AUTH during CONNECT has the wrong reason code or method");
         send_connack(stream, protocol, ReasonCode::PROTOCOL_ERROR).await;
         return Err(());
     }
-    let client_final = answer.properties.authentication_data.unwrap_or_default();
+    let client_final = response.properties.authentication_data.unwrap_or_default();
     match exchange.finish(&client_final) {
         Ok(server_final) => {
             connect.username = Some(username.clone());
@@ -110,10 +110,10 @@ pub async fn authenticate_connect(
     }
 }
 
-/// Reads the client's AUTH packet that answers the server-first message.
-/// `Err(Some(reason))` asks for a CONNACK with that reason code, and
-/// `Err(None)` for closing without one.
-async fn read_auth_answer(
+/// Reads the AUTH packet with which the client responds to the server-first
+/// message. `Err(Some(reason))` requests a CONNACK with that reason code, and
+/// `Err(None)` requests closing without one.
+async fn read_auth_response(
     stream: &mut Transport,
     buffer: &mut BytesMut,
     peer: SocketAddr,
@@ -146,7 +146,7 @@ async fn read_auth_answer(
             Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
             Ok(Ok(n)) => buffer.extend_from_slice(&scratch[..n]),
             Err(_) => {
-                debug!(%peer, "no AUTH answer within the timeout; closing");
+                debug!(%peer, "no AUTH response within the timeout; closing");
                 return Err(None);
             }
         }

@@ -102,7 +102,7 @@ def scram_connect(
     """Run the SCRAM exchange of a CONNECT on raw.
 
     Returns (CONNACK reason code, CONNACK properties, server-first message). The
-    server-first message is None when the broker answered the CONNECT with CONNACK.
+    server-first message is None when the broker replied to the CONNECT with CONNACK.
     """
     raw.send(
         encode_connect(

@@ -74,7 +74,7 @@ def test_passwd_creates_and_changes_user(tmp_path, coremq_binary, broker_factory
 
     add_user(coremq_binary, path, "alice", "second-pw")
     add_user(coremq_binary, path, "bob", "bob-pw")
-    # The broker reads the file at start-up, so a new broker sees the change.
+    # The broker reads the file only at start-up, so only a new broker uses the change.
     changed = broker_factory("--password-file", str(path))
     old = mqtt(changed, "p2").connect(username="alice", password="first-pw", expect_success=False)
     assert old.reason_code == BAD_USER_NAME_OR_PASSWORD

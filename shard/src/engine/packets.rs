@@ -169,7 +169,7 @@ impl ShardState {
         })
     }
 
-    /// Answers a PUBLISH that the ACL denies. MQTT 5.0 clients get PUBACK or
+    /// Replies to a PUBLISH that the ACL denies. MQTT 5.0 clients get PUBACK or
     /// PUBREC 0x87 (Not authorized). MQTT 3.1.1 has no error code for
     /// either, and its spec lets a server acknowledge such a message and
     /// discard it, so 3.1.1 clients get a normal acknowledgement. A QoS 0
@@ -241,7 +241,7 @@ impl ShardState {
 pub(super) enum PublishStep {
     /// Answer at once; nothing is routed.
     Reply(Packet),
-    /// Discard the message without an answer (a denied QoS 0 PUBLISH).
+    /// Discard the message without a reply (a denied QoS 0 PUBLISH).
     Drop,
     /// Route the publication, then send `ack` if any.
     Route {
