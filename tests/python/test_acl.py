@@ -77,8 +77,14 @@ def subscribe(raw: RawClient, filters: list[str], version: int = 5, qos: int = 1
 
 
 def publish_qos1(raw: RawClient, topic: str, packet_id: int, version: int = 5) -> int:
+    """Publish at QoS 1 and return the PUBACK reason code, skipping deliveries to raw."""
     raw.send(encode_publish(topic, 1, packet_id, b"payload", version))
-    acked_id, reason = parse_pub_response(raw.expect(PUBACK))
+    while True:
+        packet_type, _, body = raw.read_packet()
+        if packet_type == PUBACK:
+            break
+        assert packet_type == PUBLISH, f"expected PUBACK, got packet type {packet_type}"
+    acked_id, reason = parse_pub_response(body)
     assert acked_id == packet_id
     return reason
 
