@@ -28,8 +28,15 @@ python3 -m pip install -q -r tests/python/requirements.txt
 eval "$(bash tests/services.sh)"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
-cargo build --workspace --all-targets
+cargo build --workspace --all-targets --all-features
 export COREMQ_BIN="$CARGO_TARGET_DIR/debug/coremq"
 
 cargo test --workspace --all-features
+
+# The codec's fuzz target: built and run briefly so that it keeps compiling
+# and the decoder meets a few million inputs on every run.
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain take cargo-fuzz's -Z flags.
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
+(cd broker/codec && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none decode -- -max_total_time=20)
+
 python3 -m pytest -q tests/python

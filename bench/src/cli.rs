@@ -159,15 +159,31 @@ impl ProtocolArg {
     }
 }
 
+/// Transport the bench clients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// MQTT directly over TCP.
+    Tcp,
+    /// MQTT over WebSocket (binary frames, subprotocol `mqtt`) over TCP.
+    Ws,
+}
+
 /// Options that every scenario takes.
 #[derive(Clone, Debug, Args)]
 pub struct CommonArgs {
     /// Broker host name or address; must be loopback unless --allow-remote is given.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Broker TCP port.
+    /// Broker port: its MQTT listener, or its WebSocket listener with
+    /// --transport ws.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Transport of every bench connection.
+    #[arg(long, value_enum, default_value_t = TransportArg::Tcp)]
+    pub transport: TransportArg,
+    /// HTTP request path of the WebSocket upgrade, with --transport ws.
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
     /// QoS of publishes and subscriptions.
     #[arg(short = 'q', long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,

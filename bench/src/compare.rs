@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, CompareArgs};
+use crate::cli::{Cli, Command, CompareArgs, TransportArg};
 use crate::error::BenchError;
 use crate::report::{bytes_text, micros_text, Report};
 use crate::run::{format_count, parse_cpu_list};
@@ -59,8 +59,12 @@ pub fn parse_broker(spec: &str) -> Result<BrokerSpec, BenchError> {
 pub fn run(args: &CompareArgs) -> Result<Vec<Report>, BenchError> {
     let scenario = parse_scenario(&args.scenario)?;
     let broker_cpus = parse_cpu_list(&args.broker_cpus)?;
+    let transport = scenario
+        .common()
+        .expect("parse_scenario rejects compare")
+        .transport;
     let brokers = if args.brokers.is_empty() {
-        default_brokers(broker_cpus.len())
+        default_brokers(broker_cpus.len(), transport)
     } else {
         args.brokers
             .iter()
@@ -264,33 +268,51 @@ pub fn find_coremq() -> Option<PathBuf> {
     candidates.into_iter().find(|path| path.is_file())
 }
 
-/// coremq from the workspace build, Mosquitto and rumqttd, each when found.
-fn default_brokers(broker_cpus: usize) -> Vec<BrokerSpec> {
+/// coremq from the workspace build, Mosquitto and rumqttd, each when found,
+/// listening on `{port}` with `transport`.
+fn default_brokers(broker_cpus: usize, transport: TransportArg) -> Vec<BrokerSpec> {
     let mut brokers = Vec::new();
-    match find_coremq() {
-        Some(bin) => brokers.push(BrokerSpec {
+    match (find_coremq(), transport) {
+        // Sessions and retained messages stay in memory, as in Mosquitto
+        // with persistence off, so no broker pays for a disk.
+        (Some(bin), TransportArg::Tcp) => brokers.push(BrokerSpec {
             name: "coremq".into(),
             command: format!(
-                "{} --listen 127.0.0.1:{{port}} --shards {}",
+                "{} --listen 127.0.0.1:{{port}} --shards {} --storage memory",
                 bin.display(),
                 broker_cpus.max(1)
             ),
             files: Vec::new(),
         }),
-        None => tracing::warn!(
+        // TODO: start coremq with a WebSocket listener once its command line
+        // can configure one; until then name it after `--` with a config file.
+        (Some(_), TransportArg::Ws) => tracing::warn!(
+            "coremq skipped: its default command has no WebSocket listener; \
+             pass coremq=COMMAND after -- with a config that listens for WebSocket on {{port}}"
+        ),
+        (None, _) => tracing::warn!(
             "coremq not found: run `cargo build --release -p coremq` or set COREMQ_BIN"
         ),
     }
+    let mosquitto_listener = match transport {
+        TransportArg::Tcp => "listener {port} 127.0.0.1\n",
+        TransportArg::Ws => "listener {port} 127.0.0.1\nprotocol websockets\n",
+    };
     match find_on_path("mosquitto") {
         Some(bin) => brokers.push(BrokerSpec {
             name: "mosquitto".into(),
             command: format!("{} -c {{dir}}/mosquitto.conf", bin.display()),
             files: vec![(
                 "mosquitto.conf".into(),
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n".into(),
+                format!("{mosquitto_listener}allow_anonymous true\npersistence false\n"),
             )],
         }),
         None => tracing::warn!("mosquitto not found: install Debian's mosquitto package"),
+    }
+    if transport == TransportArg::Ws {
+        // NOTE: rumqttd's WebSocket listener is a different config section,
+        // not written here.
+        return brokers;
     }
     if let Some(bin) = find_on_path("rumqttd") {
         brokers.push(BrokerSpec {
@@ -328,7 +350,7 @@ next_connection_delay_ms = 1
 /// to the first broker's.
 pub fn ratio_table(reports: &[Report]) -> String {
     type Metric = (&'static str, fn(&Report) -> Option<f64>, fn(f64) -> String);
-    let metrics: [Metric; 10] = [
+    let metrics: [Metric; 11] = [
         (
             "sent msg/s",
             |r| Some(r.sent.msgs_per_sec).filter(|v| *v > 0.0),
@@ -367,6 +389,15 @@ pub fn ratio_table(reports: &[Report]) -> String {
                     .and_then(|b| b.delivered_per_cpu_sec)
             },
             format_count,
+        ),
+        (
+            "cpu-s per million",
+            |r| {
+                r.broker_process
+                    .as_ref()
+                    .and_then(|b| b.cpu_secs_per_million_delivered)
+            },
+            |v| format!("{v:.3}"),
         ),
         (
             "broker peak rss",

@@ -35,6 +35,9 @@ pub enum BenchError {
     /// The broker sent no expected packet in time.
     #[error("timed out waiting for {0}")]
     TimedOut(&'static str),
+    /// The WebSocket handshake or framing failed.
+    #[error("WebSocket error: {0}")]
+    WebSocket(String),
     /// A bench thread or process could not be started or failed.
     #[error("{0}")]
     Runtime(String),

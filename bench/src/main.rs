@@ -31,6 +31,7 @@ mod run;
 mod scenario;
 mod stats;
 mod storm;
+mod websocket;
 
 use std::io::IsTerminal;
 use std::path::Path;

@@ -4,9 +4,10 @@
 //! Reads append to `rx` and every whole packet in it is decoded before the
 //! next read. Outbound packets are encoded into `tx` and written with one
 //! `write_all` per [`Client::flush`], so a batch of publishes or acks costs one
-//! system call.
+//! system call. Over WebSocket, each flush is one binary frame.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -20,11 +21,16 @@ use glommio::net::TcpStream;
 
 use crate::error::BenchError;
 use crate::net::start_connect;
-use crate::payload::{write_header, Header, HEADER_LEN};
+use crate::payload::{now_ns, write_header, Header, HEADER_LEN};
+use crate::websocket::{self, FrameReader};
 
 /// Receive Maximum the bench announces, the largest the protocol allows, so
 /// the broker is never throttled by the bench's QoS 1/2 window.
 const CLIENT_RECEIVE_MAXIMUM: u16 = u16::MAX;
+
+/// Time allowed for sending DISCONNECT and closing the socket. A publisher's
+/// DISCONNECT waits behind every message still in its socket buffer.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Time allowed for CONNACK, SUBACK and UNSUBACK.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +45,31 @@ pub struct ConnectOptions {
     /// Bytes offered to each socket read; also the first capacity of the
     /// read buffer.
     pub read_chunk: usize,
+    /// Request path of a WebSocket connection, such as `/mqtt`, or `None`
+    /// for plain TCP.
+    pub websocket_path: Option<Arc<str>>,
+}
+
+/// WebSocket state of a connection.
+struct WebSocketState {
+    reader: FrameReader,
+    /// The frame being written: header and masked copy of `Client::tx`.
+    framed: BytesMut,
+    /// Pong frames owed to the broker, sent with the next flush.
+    pending_pongs: Vec<Vec<u8>>,
+    /// xorshift64 state for the frame masks.
+    mask_state: u64,
+}
+
+impl WebSocketState {
+    fn next_mask(&mut self) -> [u8; 4] {
+        let mut x = self.mask_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.mask_state = x;
+        (x as u32).to_ne_bytes()
+    }
 }
 
 /// One connection to the broker.
@@ -55,6 +86,7 @@ pub struct Client {
     /// The broker's Receive Maximum: QoS 1/2 publishes it accepts in flight.
     pub receive_maximum: u16,
     next_packet_id: PacketId,
+    websocket: Option<WebSocketState>,
 }
 
 impl Client {
@@ -84,7 +116,11 @@ impl Client {
             server_keep_alive: None,
             receive_maximum: u16::MAX,
             next_packet_id: 1,
+            websocket: None,
         };
+        if let Some(path) = &options.websocket_path {
+            client.upgrade_to_websocket(options.target, path).await?;
+        }
 
         let mut properties = Properties::default();
         if options.protocol == Protocol::V5 {
@@ -109,6 +145,45 @@ impl Client {
             .filter(|&secs| secs > 0);
         client.receive_maximum = connack.properties.receive_maximum.unwrap_or(u16::MAX);
         Ok(client)
+    }
+
+    /// Sends the WebSocket opening handshake and waits for the response.
+    /// Bytes after the response are kept as the first frame bytes.
+    async fn upgrade_to_websocket(
+        &mut self,
+        target: SocketAddr,
+        path: &str,
+    ) -> Result<(), BenchError> {
+        let seed = (now_ns() ^ (u64::from(target.port()) << 48)) | 1;
+        let request = websocket::handshake_request(&target.to_string(), path, seed);
+        self.stream.write_all(request.as_bytes()).await?;
+        let mut response = BytesMut::new();
+        loop {
+            match self.stream.read(&mut self.scratch).await {
+                Ok(0) => return Err(BenchError::Closed),
+                Ok(read) => response.extend_from_slice(&self.scratch[..read]),
+                Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(BenchError::TimedOut("the WebSocket handshake response"))
+                }
+                Err(err) => return Err(err.into()),
+            }
+            if websocket::take_handshake_response(&mut response)? {
+                break;
+            }
+        }
+        let mut state = WebSocketState {
+            reader: FrameReader::default(),
+            framed: BytesMut::with_capacity(256),
+            pending_pongs: Vec::new(),
+            mask_state: seed,
+        };
+        let outcome = state.reader.feed(&response, &mut self.rx)?;
+        state.pending_pongs.extend(outcome.pings);
+        self.websocket = Some(state);
+        if outcome.closed {
+            return Err(BenchError::Closed);
+        }
+        Ok(())
     }
 
     async fn expect_connack(&mut self) -> Result<ConnAck, BenchError> {
@@ -157,10 +232,20 @@ impl Client {
         // mid-read, and `rx` must then hold only bytes that were received.
         match self.stream.read(&mut self.scratch).await {
             Ok(0) => Err(BenchError::Closed),
-            Ok(read) => {
-                self.rx.extend_from_slice(&self.scratch[..read]);
-                Ok(true)
-            }
+            Ok(read) => match &mut self.websocket {
+                None => {
+                    self.rx.extend_from_slice(&self.scratch[..read]);
+                    Ok(true)
+                }
+                Some(state) => {
+                    let outcome = state.reader.feed(&self.scratch[..read], &mut self.rx)?;
+                    state.pending_pongs.extend(outcome.pings);
+                    if outcome.closed {
+                        return Err(BenchError::Closed);
+                    }
+                    Ok(true)
+                }
+            },
             Err(err) if err.kind() == std::io::ErrorKind::TimedOut => Ok(false),
             Err(err) => Err(err.into()),
         }
@@ -204,10 +289,27 @@ impl Client {
     ///
     /// Fails with the socket error, including a refused connect.
     pub async fn flush(&mut self) -> Result<(), BenchError> {
-        if self.tx.is_empty() {
+        let Some(state) = &mut self.websocket else {
+            if self.tx.is_empty() {
+                return Ok(());
+            }
+            self.stream.write_all(&self.tx).await?;
+            self.tx.clear();
+            return Ok(());
+        };
+        if self.tx.is_empty() && state.pending_pongs.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(&self.tx).await?;
+        state.framed.clear();
+        for ping in std::mem::take(&mut state.pending_pongs) {
+            let mask = state.next_mask();
+            websocket::append_pong(&mut state.framed, &ping, mask);
+        }
+        if !self.tx.is_empty() {
+            let mask = state.next_mask();
+            websocket::append_frame(&mut state.framed, &self.tx, mask);
+        }
+        self.stream.write_all(&state.framed).await?;
         self.tx.clear();
         Ok(())
     }
@@ -271,14 +373,20 @@ impl Client {
     }
 
     /// Sends DISCONNECT and closes the socket, ignoring errors because the
-    /// run is over either way.
+    /// run is over either way. Gives up after [`DISCONNECT_TIMEOUT`], when the
+    /// socket is dropped, so a broker that stopped reading cannot hold the
+    /// run open.
     pub async fn disconnect(mut self) {
         self.queue(&Packet::Disconnect(coremq_codec::Disconnect {
             reason: ReasonCode::NORMAL_DISCONNECTION,
             properties: Properties::default(),
         }));
-        let _ = self.flush().await;
-        let _ = self.stream.close().await;
+        let _ = glommio::timer::timeout(DISCONNECT_TIMEOUT, async {
+            let _ = self.flush().await;
+            let _ = self.stream.close().await;
+            Ok(())
+        })
+        .await;
     }
 }
 

@@ -232,6 +232,7 @@ fn connect_options(
         protocol: local.config.protocol,
         client_id: format!("{}-{role}{index}", local.config.run_id),
         read_chunk,
+        websocket_path: local.config.websocket_path.clone(),
     }
 }
 

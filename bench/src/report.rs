@@ -107,6 +107,9 @@ pub struct BrokerReport {
     pub rss_end_bytes: u64,
     /// Delivered messages per broker CPU second.
     pub delivered_per_cpu_sec: Option<f64>,
+    /// Broker CPU seconds per million delivered messages, the inverse of
+    /// `delivered_per_cpu_sec`.
+    pub cpu_secs_per_million_delivered: Option<f64>,
 }
 
 /// CPU use of the bench itself in the measurement window.
@@ -199,6 +202,8 @@ impl Report {
                     rss_end_bytes: last.rss_bytes,
                     delivered_per_cpu_sec: (cpu_secs > 0.0 && delivered_msgs > 0)
                         .then(|| delivered_msgs as f64 / cpu_secs),
+                    cpu_secs_per_million_delivered: (delivered_msgs > 0)
+                        .then(|| cpu_secs / delivered_msgs as f64 * 1e6),
                 })
             }
             _ => None,
@@ -369,6 +374,12 @@ impl Report {
                 rows.push(("broker cpu".into(), cpu));
                 if let Some(per_cpu) = broker.delivered_per_cpu_sec {
                     rows.push(("delivered per broker cpu-s".into(), format_count(per_cpu)));
+                }
+                if let Some(per_million) = broker.cpu_secs_per_million_delivered {
+                    rows.push((
+                        "broker cpu-s per million".into(),
+                        format!("{per_million:.3}"),
+                    ));
                 }
                 rows.push((
                     "broker peak rss (VmHWM)".into(),

@@ -51,6 +51,7 @@ fn options(config: &RunConfig, role: &str, index: u32, connection_index: usize) 
         protocol: config.protocol,
         client_id: format!("{}-{role}{index}", config.run_id),
         read_chunk: READ_CHUNK,
+        websocket_path: config.websocket_path.clone(),
     }
 }
 

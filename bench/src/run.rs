@@ -18,7 +18,7 @@ use coremq_codec::{Protocol, QoS};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 
-use crate::cli::CommonArgs;
+use crate::cli::{CommonArgs, TransportArg};
 use crate::error::BenchError;
 use crate::net::{parse_source_addrs, resolve_target};
 use crate::payload::{now_ns, HEADER_LEN};
@@ -62,6 +62,8 @@ pub struct RunConfig {
     pub inflight: u16,
     pub broker_pid: Option<u32>,
     pub quiet: bool,
+    /// Request path of the WebSocket upgrade, or `None` for plain TCP.
+    pub websocket_path: Option<Arc<str>>,
     /// Prefix of every topic and client id, unique per run so that two runs
     /// against one broker never see each other's messages.
     pub run_id: String,
@@ -118,6 +120,12 @@ impl RunConfig {
                 "--duration must be above 0".into(),
             ));
         }
+        if args.transport == TransportArg::Ws && !args.ws_path.starts_with('/') {
+            return Err(BenchError::InvalidArgument(format!(
+                "--ws-path {:?} is invalid: expected a path starting with /, such as /mqtt",
+                args.ws_path
+            )));
+        }
         if args.inflight == 0 {
             return Err(BenchError::InvalidArgument(
                 "--inflight must be at least 1".into(),
@@ -137,6 +145,8 @@ impl RunConfig {
             inflight: args.inflight,
             broker_pid: args.broker_pid,
             quiet: args.quiet,
+            websocket_path: (args.transport == TransportArg::Ws)
+                .then(|| Arc::from(args.ws_path.as_str())),
             run_id: format!("cmqb{}-{}", std::process::id(), now_ns() % 1_000_000),
         })
     }
@@ -243,8 +253,13 @@ impl Control {
     }
 
     /// Waits until the main thread fixes the timeline, then until its start.
+    /// Returns an empty timeline, which measures nothing, when the run is
+    /// abandoned before it starts.
     pub async fn wait_start(&self) -> Timeline {
         loop {
+            if self.aborted() {
+                return Timeline::default();
+            }
             if let Some(timeline) = self.timeline() {
                 let now = now_ns();
                 if now < timeline.start_ns {

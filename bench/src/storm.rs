@@ -72,6 +72,7 @@ async fn connect_worker(local: Rc<Local>, worker: u64) {
                 local.config.run_id, local.executor
             ),
             read_chunk: SMALL_READ_CHUNK,
+            websocket_path: local.config.websocket_path.clone(),
         };
         attempt += 1;
         match Client::connect(&options).await {
@@ -153,6 +154,7 @@ async fn idle_connection(local: Rc<Local>, index: usize) -> bool {
             protocol: local.config.protocol,
             client_id: format!("{}-idle{index}", local.config.run_id),
             read_chunk: SMALL_READ_CHUNK,
+            websocket_path: local.config.websocket_path.clone(),
         };
         Client::connect(&options).await
     };

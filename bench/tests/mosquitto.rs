@@ -252,6 +252,56 @@ fn retained_storm_receives_all() {
 }
 
 #[test]
+fn websocket_transport_delivers() {
+    let broker = Mosquitto::start();
+    let port = broker.ws_port.to_string();
+    let run = run_bench(&[
+        "fanout",
+        "-S",
+        "3",
+        "-q",
+        "1",
+        "--rate",
+        "1000",
+        "--transport",
+        "ws",
+        "--port",
+        &port,
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--drain",
+        "3",
+    ]);
+    assert_eq!(run.code(), 0, "{}", run.text());
+    let report = run.report();
+    assert!(number(report, "/delivered/msgs") > 0.0, "{report:#}");
+    assert_eq!(number(report, "/loss/lost"), 0.0, "{report:#}");
+    assert_eq!(number(report, "/error_count"), 0.0, "{}", run.text());
+}
+
+#[test]
+fn websocket_path_rejected_on_mqtt_port() {
+    // The MQTT listener does not speak HTTP, so the upgrade must fail with
+    // an error rather than hang.
+    let broker = Mosquitto::start();
+    let port = broker.port.to_string();
+    let run = run_bench(&[
+        "fanout",
+        "-S",
+        "1",
+        "--transport",
+        "ws",
+        "--port",
+        &port,
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(run.code(), 1, "{}", run.text());
+}
+
+#[test]
 fn compare_runs_each_broker() {
     let mosquitto = common::mosquitto_path();
     let command = |name: &str| {

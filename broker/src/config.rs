@@ -79,7 +79,8 @@ fn default_protocol() -> ListenerProtocol {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct StorageConfig {
     /// `rocksdb` (default), `mysql`, `redis`, or `memory` (nothing survives
-    /// a restart).
+    /// a restart). `store` is accepted as another name for this key.
+    #[serde(alias = "store")]
     pub backend: Option<String>,
     /// RocksDB directory; default `./data`.
     pub data_dir: Option<PathBuf>,

@@ -263,17 +263,29 @@ async fn watch_shutdown(shard: Shard) {
     glommio::timer::sleep(SHUTDOWN_GRACE).await;
 }
 
+/// What the shards share while they start: the store's contents, and how
+/// many shards have rebuilt their sessions from it.
+struct Startup {
+    recovered: Option<Arc<Recovered>>,
+    restored: Arc<AtomicUsize>,
+}
+
 async fn shard_main(
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     config: Config,
     listeners: Vec<(usize, SocketAddr, RawFd)>,
     connections: Arc<AtomicUsize>,
+    startup: Startup,
 ) {
     let (senders, mut receivers) = mesh
         .join()
         .await
         .expect("every shard joins the mesh at start-up");
-    let shard = Shard::new(senders, config.limits.clone());
+    let persistence = startup
+        .recovered
+        .as_ref()
+        .map(|recovered| recovered.persistence.clone());
+    let shard = Shard::new(senders, config.limits.clone(), persistence);
     shard.install();
     let span = tracing::info_span!("shard", id = shard.id());
     let context = ConnectionContext::new(shard.clone(), config.clone(), connections);

@@ -27,6 +27,10 @@ pub struct CloseRequest {
     pub reason: Option<ReasonCode>,
 }
 
+/// Output size of one write from which the connection keeps a buffer of
+/// that capacity for the next batch.
+const KEEP_OUTPUT_CAPACITY_FROM: usize = 4096;
+
 /// Output side and negotiated limits of one connection.
 pub struct Conn {
     pub id: ConnId,
@@ -66,7 +70,7 @@ impl Conn {
             peer,
             max_packet_size,
             topic_alias_max,
-            output: RefCell::new(BytesMut::with_capacity(4096)),
+            output: RefCell::new(BytesMut::new()),
             waker: Cell::new(None),
             close_waker: Cell::new(None),
             close: Cell::new(None),
@@ -206,7 +210,14 @@ impl Conn {
     /// Takes everything buffered for the socket.
     pub fn take_output(&self) -> BytesMut {
         let mut output = self.output.borrow_mut();
-        let capacity = output.capacity().max(4096);
+        // A busy connection keeps a buffer of the size it needed, so the
+        // next batch does not regrow it. A quiet one keeps none, which
+        // matters when many connections are idle.
+        let capacity = if output.len() >= KEEP_OUTPUT_CAPACITY_FROM {
+            output.capacity()
+        } else {
+            0
+        };
         std::mem::replace(&mut *output, BytesMut::with_capacity(capacity))
     }
 

@@ -74,19 +74,26 @@ pub fn mosquitto_path() -> PathBuf {
 /// A Mosquitto broker on a free loopback port, killed by its pid on drop.
 pub struct Mosquitto {
     pub port: u16,
+    /// Port of the WebSocket listener.
+    pub ws_port: u16,
     child: Child,
     log: PathBuf,
 }
 
 impl Mosquitto {
-    /// Starts Mosquitto with a listener on 127.0.0.1 and anonymous access.
+    /// Starts Mosquitto with an MQTT listener and a WebSocket listener on
+    /// 127.0.0.1 and anonymous access.
     pub fn start() -> Mosquitto {
         let dir = scratch_dir("mosquitto");
         let port = free_port();
+        let ws_port = free_port();
         let config = dir.join("mosquitto.conf");
         fs::write(
             &config,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 listener {ws_port} 127.0.0.1\nprotocol websockets\n"
+            ),
         )
         .expect("write mosquitto.conf");
         let log = dir.join("mosquitto.log");
@@ -100,7 +107,13 @@ impl Mosquitto {
             .spawn()
             .expect("start mosquitto");
         wait_for_port(&mut child, port, &log);
-        Mosquitto { port, child, log }
+        wait_for_port(&mut child, ws_port, &log);
+        Mosquitto {
+            port,
+            ws_port,
+            child,
+            log,
+        }
     }
 
     /// Process id of the broker.
