@@ -6,10 +6,16 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use coremq_shard::{DropPolicy, Limits};
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::admission::Admission;
+use crate::auth::acl::Permission;
+use crate::auth::{Security, SecurityError};
 
 /// Largest Receive Maximum and Topic Alias Maximum the protocol can carry.
 const MAX_U16_SETTING: u64 = u16::MAX as u64;
@@ -107,6 +113,14 @@ pub struct ListenerConfig {
     /// Seconds a client has for the TLS handshake and for the WebSocket
     /// upgrade request, each; default 10.
     pub handshake_timeout: Option<u64>,
+    /// Accept clients without a user name on this listener; default
+    /// `auth.allow-anonymous`.
+    #[serde(default, rename = "allow-anonymous")]
+    pub allow_anonymous: Option<bool>,
+    /// Connections open at once on this listener; default no limit other
+    /// than `limits.max-connections`.
+    #[serde(default, rename = "max-connections")]
+    pub max_connections: Option<u64>,
 }
 
 impl ListenerConfig {
@@ -122,6 +136,8 @@ impl ListenerConfig {
             require_client_cert: None,
             use_cn_as_username: None,
             handshake_timeout: None,
+            allow_anonymous: None,
+            max_connections: None,
         }
     }
 
@@ -222,6 +238,21 @@ pub struct StorageConfig {
     pub durability: Option<String>,
 }
 
+/// Auth section of the config file; every field optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuthConfig {
+    /// Password file written by `coremq passwd`; default none.
+    pub password_file: Option<PathBuf>,
+    /// ACL file; default none, which allows every publish and subscribe.
+    pub acl_file: Option<PathBuf>,
+    /// Accept clients without a user name; default true without a password
+    /// file and false with one. A listener's `allow-anonymous` overrides it.
+    pub allow_anonymous: Option<bool>,
+    /// `deny` (default) or `allow`: the decision when no ACL rule applies.
+    pub acl_default: Option<String>,
+}
+
 /// Where the broker keeps sessions, retained messages and the message log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Storage {
@@ -257,6 +288,15 @@ pub struct LimitsConfig {
     /// Bytes buffered per socket before QoS 0 messages to it are dropped;
     /// default 8 MiB.
     pub max_output_buffer: Option<u64>,
+    /// New connections per second accepted from one source IP address;
+    /// default 0, which means no limit.
+    pub max_connection_rate: Option<u64>,
+    /// Outbound QoS 1/2 messages in flight per session, whatever Receive
+    /// Maximum the client announces; default 65,535.
+    pub max_inflight: Option<u64>,
+    /// Seconds without write progress after which a client whose messages
+    /// are being dropped is disconnected; default 10.
+    pub slow_consumer_timeout: Option<u64>,
 }
 
 /// The config file.
@@ -273,6 +313,8 @@ pub struct FileConfig {
     pub storage: StorageConfig,
     #[serde(default)]
     pub tls: TlsSection,
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// Settings from the command line that override the file.
@@ -287,6 +329,7 @@ pub struct Overrides {
     pub shards: Option<usize>,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
+    pub auth: AuthConfig,
 }
 
 /// Checked configuration the broker runs with.
@@ -299,6 +342,12 @@ pub struct Config {
     pub storage: Storage,
     /// True when QoS 1/2 acknowledgements wait for fsync.
     pub fsync: bool,
+    /// Password file, anonymous access and ACL, loaded once and shared
+    /// read-only by every shard.
+    pub security: Arc<Security>,
+    /// Per-listener connection counts and per-source connection rates,
+    /// shared by every shard.
+    pub admission: Arc<Admission>,
 }
 
 /// Default TCP listener when neither the file nor the command line names one.
@@ -431,6 +480,27 @@ impl Config {
             1,
             u64::from(u32::MAX),
         )? as usize;
+        let max_connection_rate = checked(
+            "limits.max-connection-rate",
+            limits.max_connection_rate,
+            0,
+            0,
+            u64::from(u32::MAX),
+        )? as u32;
+        let max_inflight = checked(
+            "limits.max-inflight",
+            limits.max_inflight,
+            u64::from(defaults.max_inflight),
+            1,
+            MAX_U16_SETTING,
+        )? as u16;
+        let slow_consumer_timeout = checked(
+            "limits.slow-consumer-timeout",
+            limits.slow_consumer_timeout,
+            defaults.slow_consumer_timeout.as_secs(),
+            1,
+            u64::from(u32::MAX),
+        )?;
         let queue_drop_policy = match limits.queue_drop_policy.as_deref() {
             None | Some("drop-oldest") => DropPolicy::DropOldest,
             Some("drop-new") => DropPolicy::DropNew,
@@ -445,6 +515,26 @@ impl Config {
         };
 
         let (storage, fsync) = storage_from(file.storage, overrides.storage)?;
+        let security = load_security(file.auth, overrides.auth, &listeners)?;
+        let mut listener_limits = Vec::with_capacity(listeners.len());
+        for listener in &listeners {
+            let limit = match listener.max_connections {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        key: "listeners.max-connections",
+                        message: format!(
+                            "0 for listener {} would reject every client; use 1 or more, or \
+                             remove the key for no per-listener limit",
+                            listener.address
+                        ),
+                    })
+                }
+                Some(limit) => Some(limit as usize),
+                None => None,
+            };
+            listener_limits.push(limit);
+        }
+        let admission = Admission::new(listener_limits, max_connection_rate);
 
         Ok(Config {
             shards,
@@ -458,10 +548,14 @@ impl Config {
                 max_keep_alive,
                 max_session_expiry,
                 max_output_buffer,
+                max_inflight,
+                slow_consumer_timeout: Duration::from_secs(slow_consumer_timeout),
             },
             max_connections,
             storage,
             fsync,
+            security: Arc::new(security),
+            admission: Arc::new(admission),
         })
     }
 }
@@ -633,6 +727,50 @@ fn storage_from(file: StorageConfig, cli: StorageConfig) -> Result<(Storage, boo
     Ok((storage, fsync))
 }
 
+/// Loads the password and ACL files named by the command line or the file.
+fn load_security(
+    file: AuthConfig,
+    cli: AuthConfig,
+    listeners: &[ListenerConfig],
+) -> Result<Security, ConfigError> {
+    let password_file = cli.password_file.or(file.password_file);
+    let acl_file = cli.acl_file.or(file.acl_file);
+    let allow_anonymous = cli
+        .allow_anonymous
+        .or(file.allow_anonymous)
+        .unwrap_or(password_file.is_none());
+    let acl_default = match cli.acl_default.or(file.acl_default).as_deref() {
+        None | Some("deny") => Permission::Deny,
+        Some("allow") => Permission::Allow,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: "auth.acl-default",
+                message: format!("{other:?} is not a decision; use \"deny\" or \"allow\""),
+            })
+        }
+    };
+    let per_listener: Vec<bool> = listeners
+        .iter()
+        .map(|listener| listener.allow_anonymous.unwrap_or(allow_anonymous))
+        .collect();
+    Security::load(
+        password_file.as_deref(),
+        acl_file.as_deref(),
+        acl_default,
+        &per_listener,
+    )
+    .map_err(|error| {
+        let key = match error {
+            SecurityError::Passwords(_) => "auth.password-file",
+            SecurityError::Acl(_) => "auth.acl-file",
+        };
+        ConfigError::Invalid {
+            key,
+            message: error.to_string(),
+        }
+    })
+}
+
 fn merge_limits(file: LimitsConfig, cli: LimitsConfig) -> LimitsConfig {
     LimitsConfig {
         max_connections: cli.max_connections.or(file.max_connections),
@@ -644,6 +782,9 @@ fn merge_limits(file: LimitsConfig, cli: LimitsConfig) -> LimitsConfig {
         max_keep_alive: cli.max_keep_alive.or(file.max_keep_alive),
         max_session_expiry: cli.max_session_expiry.or(file.max_session_expiry),
         max_output_buffer: cli.max_output_buffer.or(file.max_output_buffer),
+        max_connection_rate: cli.max_connection_rate.or(file.max_connection_rate),
+        max_inflight: cli.max_inflight.or(file.max_inflight),
+        slow_consumer_timeout: cli.slow_consumer_timeout.or(file.slow_consumer_timeout),
     }
 }
 
@@ -749,6 +890,54 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("limits.receive-maximum"), "{message}");
         assert!(message.contains("use 1 to 65535"), "{message}");
+    }
+
+    #[test]
+    fn listener_auth_and_limit_keys() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [[listeners]]
+            address = "127.0.0.1:1999"
+            allow-anonymous = false
+            max-connections = 5
+            [auth]
+            acl-default = "allow"
+            [limits]
+            max-inflight = 7
+            slow-consumer-timeout = 3
+            max-connection-rate = 20
+            "#,
+        )
+        .expect("valid toml");
+        let config = Config::from_parts(file, Overrides::default()).expect("valid config");
+        assert_eq!(config.listeners[0].allow_anonymous, Some(false));
+        assert_eq!(config.admission.listener_limit(0), Some(5));
+        assert_eq!(config.admission.max_rate(), 20);
+        assert_eq!(config.limits.max_inflight, 7);
+        assert_eq!(config.limits.slow_consumer_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn missing_password_file_names_key() {
+        let overrides = Overrides {
+            auth: AuthConfig {
+                password_file: Some(PathBuf::from("/nonexistent/coremq-passwd")),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let error = Config::from_parts(FileConfig::default(), overrides).expect_err("missing");
+        let message = error.to_string();
+        assert!(message.contains("auth.password-file"), "{message}");
+        assert!(message.contains("/nonexistent/coremq-passwd"), "{message}");
+    }
+
+    #[test]
+    fn invalid_acl_default_names_key() {
+        let file: FileConfig =
+            toml::from_str("[auth]\nacl-default = \"maybe\"\n").expect("valid toml");
+        let error = Config::from_parts(file, Overrides::default()).expect_err("invalid");
+        assert!(error.to_string().contains("auth.acl-default"), "{error}");
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! only moves bytes between sockets and the engine, and never blocks a
 //! shard's thread.
 
+pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod listener;
+pub mod login;
 pub mod server;
 pub mod transport;

@@ -1,10 +1,12 @@
 //! The `coremq` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
-use coremq::config::{Config, LimitsConfig, ListenerConfig, Overrides, StorageConfig, TlsSection};
+use clap::{Parser, Subcommand};
+use coremq::config::{
+    AuthConfig, Config, LimitsConfig, ListenerConfig, Overrides, StorageConfig, TlsSection,
+};
 use tracing::error;
 
 #[global_allocator]
@@ -17,8 +19,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// certificate (--tls-cert, --tls-key) it also listens for TLS on 8883 and
 /// WebSocket over TLS on 8084. Log verbosity follows RUST_LOG (default `info`).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML config file; command-line options override its values.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -87,11 +91,57 @@ struct Cli {
     /// once the backend accepted them [default: fsync].
     #[arg(long, value_name = "MODE")]
     durability: Option<String>,
+    /// Password file written by `coremq passwd` [default: none].
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// ACL file with allow/deny rules for publish and subscribe [default:
+    /// none, which allows everything].
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
+    /// Accept clients without a user name on every listener that does not
+    /// set its own [default: true without --password-file, false with it].
+    #[arg(long, value_name = "BOOL")]
+    allow_anonymous: Option<bool>,
+    /// New connections per second accepted from one source IP address; 0
+    /// means no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    max_connection_rate: Option<u64>,
+    /// Outbound QoS 1/2 messages in flight per session, whatever Receive
+    /// Maximum the client announces [default: 65535].
+    #[arg(long, value_name = "N")]
+    max_inflight: Option<u64>,
+    /// Bytes buffered per socket before QoS 0 messages to it are dropped
+    /// [default: 8388608].
+    #[arg(long, value_name = "BYTES")]
+    max_output_buffer: Option<u64>,
+    /// Seconds a socket may go without draining, while messages to it are
+    /// dropped, before its client is disconnected as a slow consumer
+    /// [default: 10].
+    #[arg(long, value_name = "SECS")]
+    slow_consumer_timeout: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Add a user to a password file or change a user's password.
+    ///
+    /// Reads the password twice from the terminal, or one line from
+    /// standard input when it is not a terminal. The file is created with
+    /// mode 0600 if it does not exist.
+    Passwd {
+        /// Password file to create or update.
+        file: PathBuf,
+        /// User name to add or change.
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    if let Some(Command::Passwd { file, user }) = &cli.command {
+        return run_passwd(file, user);
+    }
     let overrides = Overrides {
         listen: cli.listen,
         tls: TlsSection {
@@ -111,6 +161,10 @@ fn main() -> ExitCode {
             max_queued_messages: cli.max_queued_messages,
             queue_drop_policy: cli.queue_drop_policy,
             max_keep_alive: cli.max_keep_alive,
+            max_connection_rate: cli.max_connection_rate,
+            max_inflight: cli.max_inflight,
+            max_output_buffer: cli.max_output_buffer,
+            slow_consumer_timeout: cli.slow_consumer_timeout,
             ..Default::default()
         },
         storage: StorageConfig {
@@ -118,6 +172,12 @@ fn main() -> ExitCode {
             data_dir: cli.data_dir,
             url: cli.storage_url,
             durability: cli.durability,
+        },
+        auth: AuthConfig {
+            password_file: cli.password_file,
+            acl_file: cli.acl_file,
+            allow_anonymous: cli.allow_anonymous,
+            acl_default: None,
         },
     };
     let config = match Config::load(cli.config.as_deref(), overrides) {
@@ -136,6 +196,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!(%error, "broker stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `coremq passwd FILE USER`.
+fn run_passwd(file: &Path, user: &str) -> ExitCode {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let is_terminal = stdin.is_terminal();
+    match coremq::auth::password::passwd_command(file, user, &mut stdin.lock(), is_terminal) {
+        Ok(()) => {
+            eprintln!("stored the password of {user} in {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("coremq passwd: {error}");
             ExitCode::FAILURE
         }
     }

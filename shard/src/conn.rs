@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use coremq_codec::{encode, encoded_len, Packet, Protocol, ReasonCode};
@@ -49,6 +50,9 @@ pub struct Conn {
     /// dropped rather than queued.
     output_limit: usize,
     dropped: Cell<u64>,
+    /// When the writer last made progress on a write that is still going
+    /// on, or `None` while the writer is idle.
+    write_progress: Cell<Option<Instant>>,
 }
 
 impl Conn {
@@ -73,6 +77,7 @@ impl Conn {
             outbound_aliases: RefCell::new(HashMap::new()),
             output_limit,
             dropped: Cell::new(0),
+            write_progress: Cell::new(None),
         }
     }
 
@@ -127,6 +132,26 @@ impl Conn {
 
     pub fn dropped(&self) -> u64 {
         self.dropped.get()
+    }
+
+    /// Records that the writer started a write or wrote some bytes of it.
+    /// The writer calls this after every partial write.
+    pub fn note_write_progress(&self, now: Instant) {
+        self.write_progress.set(Some(now));
+    }
+
+    /// Records that the writer finished its write and is waiting for output.
+    pub fn note_write_idle(&self) {
+        self.write_progress.set(None);
+    }
+
+    /// Returns how long the current write has made no progress, which is
+    /// how long the peer has not drained its socket. Zero while the writer
+    /// is idle.
+    pub fn write_stalled_for(&self, now: Instant) -> Duration {
+        self.write_progress
+            .get()
+            .map_or(Duration::ZERO, |last| now.saturating_duration_since(last))
     }
 
     /// Looks up or assigns the outbound Topic Alias for `topic`. Returns the

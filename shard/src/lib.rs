@@ -14,6 +14,9 @@
 //! task flushes. Nothing here blocks, and no shard touches another shard's
 //! state except through the mesh.
 
+use std::time::Duration;
+
+mod authorize;
 mod conn;
 mod engine;
 mod mesh;
@@ -23,6 +26,7 @@ mod retained;
 mod session;
 pub mod trie;
 
+pub use authorize::{Access, Authorizer};
 pub use conn::{CloseRequest, Conn, ConnId};
 pub use engine::{ConnectOutcome, Shard};
 pub use mesh::{Handoff, ShardId, ShardMsg};
@@ -59,6 +63,13 @@ pub struct Limits {
     /// Bytes buffered for one socket beyond which QoS 0 messages to it are
     /// dropped instead of buffered.
     pub max_output_buffer: usize,
+    /// Largest number of outbound QoS 1/2 messages in flight per session,
+    /// whatever Receive Maximum the client announces.
+    pub max_inflight: u16,
+    /// Time without write progress after which a client whose messages are
+    /// being dropped (full queue or full output buffer) is disconnected as a
+    /// slow consumer.
+    pub slow_consumer_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -72,6 +83,8 @@ impl Default for Limits {
             max_keep_alive: u16::MAX,
             max_session_expiry: u32::MAX,
             max_output_buffer: 8 * 1024 * 1024,
+            max_inflight: u16::MAX,
+            slow_consumer_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -14,7 +14,9 @@ use coremq_codec::{
     SubscriptionOptions, Will,
 };
 
-use crate::conn::Conn;
+use tracing::warn;
+
+use crate::conn::{CloseRequest, Conn};
 use crate::message::Delivery;
 use crate::{DropPolicy, Limits};
 
@@ -73,8 +75,12 @@ pub struct Session {
     /// Inbound QoS 2 packet identifiers awaiting PUBREL.
     pub incoming_qos2: HashSet<PacketId>,
     pub will: Option<Will>,
-    /// The client's Receive Maximum: outbound QoS 1/2 messages in flight.
+    /// Outbound QoS 1/2 messages allowed in flight: the client's Receive
+    /// Maximum, capped at [`Limits::max_inflight`].
     pub client_receive_maximum: u16,
+    /// User name of the connected client after authentication, for ACL
+    /// rules that use `%u`.
+    pub username: Option<Arc<str>>,
     /// Messages dropped from this session's queue since it was created.
     pub dropped: u64,
     /// Log offsets of messages offered to this session and not completed.
@@ -105,6 +111,7 @@ impl Session {
             incoming_qos2: HashSet::new(),
             will: None,
             client_receive_maximum: u16::MAX,
+            username: None,
             dropped: 0,
             log_pending: BTreeSet::new(),
             log_done: BTreeSet::new(),
@@ -194,11 +201,12 @@ impl Session {
             if delivery.qos == QoS::AtMostOnce {
                 return Offer::Dropped;
             }
-            return self.enqueue(delivery, limits);
+            return self.enqueue(delivery, limits, now);
         };
         if delivery.qos == QoS::AtMostOnce {
             if conn.is_congested() {
                 conn.count_dropped();
+                self.disconnect_if_slow(&conn, limits, now);
                 return Offer::Dropped;
             }
             write_publish(&conn, &delivery, None, false, now, Some(frames));
@@ -208,12 +216,15 @@ impl Session {
             self.send_new(&conn, delivery, now, Some(frames));
             return Offer::Sent;
         }
-        self.enqueue(delivery, limits)
+        self.enqueue(delivery, limits, now)
     }
 
-    fn enqueue(&mut self, delivery: Delivery, limits: &Limits) -> Offer {
+    fn enqueue(&mut self, delivery: Delivery, limits: &Limits, now: Instant) -> Offer {
         if self.queue.len() >= limits.max_queued_messages {
             self.dropped += 1;
+            if let Some(conn) = self.conn.clone() {
+                self.disconnect_if_slow(&conn, limits, now);
+            }
             match limits.queue_drop_policy {
                 DropPolicy::DropNew => return Offer::Dropped,
                 DropPolicy::DropOldest => {
@@ -225,6 +236,27 @@ impl Session {
         }
         self.queue.push_back(delivery);
         Offer::Queued
+    }
+
+    /// Disconnects the client with DISCONNECT 0x97 (Quota exceeded) when its
+    /// socket has not drained for `limits.slow_consumer_timeout`. Called each
+    /// time a message for the connected client is dropped, so a client that
+    /// falls behind only briefly loses messages but stays connected.
+    fn disconnect_if_slow(&self, conn: &Conn, limits: &Limits, now: Instant) {
+        let stalled = conn.write_stalled_for(now);
+        if stalled < limits.slow_consumer_timeout || conn.close_requested().is_some() {
+            return;
+        }
+        warn!(
+            client_id = %self.client_id,
+            peer = %conn.peer,
+            stalled_ms = stalled.as_millis() as u64,
+            queued = self.queue.len(),
+            "slow consumer: socket not drained while its messages are dropped; disconnecting"
+        );
+        conn.request_close(CloseRequest {
+            reason: Some(ReasonCode::QUOTA_EXCEEDED),
+        });
     }
 
     fn has_window(&self) -> bool {

@@ -124,11 +124,14 @@ class MqttClient:
         keepalive: int = 60,
         expect_success: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
+        username: str | None = None,
+        password: str | None = None,
     ) -> ConnAck:
         """Connect, wait for CONNACK and return it.
 
         For MQTT 3.1.1, clean_start is sent as the Clean Session flag. session_expiry adds
         the MQTT 5 Session Expiry Interval property. Both it and keepalive are in seconds.
+        username and password go into the CONNECT's User Name and Password fields.
         will contains the keyword arguments of paho's `will_set`. paho_acks lets paho send
         PUBACK and PUBCOMP itself after on_message returns. Only that mode completes a PUBREL
         that a previous connection's QoS 2 message left open, but a DISCONNECT sent right
@@ -165,6 +168,8 @@ class MqttClient:
             client.max_inflight_messages_set(max_inflight)
         if will is not None:
             client.will_set(**will)
+        if username is not None:
+            client.username_pw_set(username, password)
         self.paho = client
 
         if is_v5:

@@ -313,7 +313,10 @@ fn connack_return_code(reason: ReasonCode) -> u8 {
         ReasonCode::SUCCESS => 0,
         ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => 1,
         ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => 2,
-        ReasonCode::SERVER_UNAVAILABLE | ReasonCode::SERVER_BUSY => 3,
+        ReasonCode::SERVER_UNAVAILABLE
+        | ReasonCode::SERVER_BUSY
+        | ReasonCode::QUOTA_EXCEEDED
+        | ReasonCode::CONNECTION_RATE_EXCEEDED => 3,
         ReasonCode::BAD_USER_NAME_OR_PASSWORD => 4,
         _ => 5,
     }

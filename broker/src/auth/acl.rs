@@ -228,6 +228,22 @@ impl Acl {
     }
 }
 
+impl coremq_shard::Authorizer for Acl {
+    fn allows(
+        &self,
+        user: Option<&str>,
+        client_id: &str,
+        access: coremq_shard::Access,
+        topic: &str,
+    ) -> bool {
+        let action = match access {
+            coremq_shard::Access::Publish => Action::Publish,
+            coremq_shard::Access::Subscribe => Action::Subscribe,
+        };
+        self.check(user, client_id, action, topic)
+    }
+}
+
 /// Splits a line into words without its comment. A word starting with `#`
 /// starts a comment, except a bare `#` in the filter position of a rule,
 /// which is the multi-level wildcard.

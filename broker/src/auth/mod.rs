@@ -14,13 +14,92 @@ pub mod acl;
 pub mod password;
 pub mod scram;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use coremq_codec::ReasonCode;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+use thiserror::Error;
 
-use password::PasswordFile;
+use acl::{Acl, AclError, Permission};
+use password::{PasswordFile, PasswordFileError};
 use scram::{ScramCredentials, ScramServer};
+
+/// A password or ACL file that cannot be loaded at start-up.
+#[derive(Debug, Error)]
+pub enum SecurityError {
+    #[error(transparent)]
+    Passwords(#[from] PasswordFileError),
+    #[error(transparent)]
+    Acl(#[from] AclError),
+}
+
+/// Authentication and authorization state, loaded once at start-up and
+/// shared read-only by every shard.
+pub struct Security {
+    /// One authenticator per listener, by listener index, because anonymous
+    /// access is a per-listener setting.
+    authenticators: Vec<Authenticator>,
+    acl: Option<Arc<Acl>>,
+}
+
+impl std::fmt::Debug for Security {
+    // Leaves out the password hashes and the decoy key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("listeners", &self.authenticators.len())
+            .field("acl", &self.acl.is_some())
+            .finish()
+    }
+}
+
+impl Security {
+    /// Loads the password file and the ACL file, if given, and builds one
+    /// authenticator per entry of `allow_anonymous` (one per listener).
+    ///
+    /// # Errors
+    ///
+    /// [`SecurityError`] naming the file and line that cannot be used.
+    pub fn load(
+        password_file: Option<&Path>,
+        acl_file: Option<&Path>,
+        acl_default: Permission,
+        allow_anonymous: &[bool],
+    ) -> Result<Security, SecurityError> {
+        let passwords = password_file.map(PasswordFile::load).transpose()?;
+        let acl = match acl_file {
+            Some(path) => Some(Arc::new(Acl::load(path, acl_default)?)),
+            None => None,
+        };
+        if let (Some(path), Some(passwords)) = (password_file, &passwords) {
+            tracing::info!(path = %path.display(), users = passwords.len(), "loaded password file");
+        }
+        let authenticators = allow_anonymous
+            .iter()
+            .map(|allow| Authenticator::new(passwords.clone(), *allow))
+            .collect();
+        Ok(Security {
+            authenticators,
+            acl,
+        })
+    }
+
+    /// Returns the authenticator of listener `index`.
+    ///
+    /// # Panics
+    ///
+    /// Panics when `index` is not a listener index of the configuration.
+    pub fn authenticator(&self, index: usize) -> &Authenticator {
+        &self.authenticators[index]
+    }
+
+    /// Returns the ACL, if one was configured.
+    pub fn acl(&self) -> Option<Arc<Acl>> {
+        self.acl.clone()
+    }
+}
 
 /// Decides whether a connecting client is who it claims to be.
 #[derive(Debug)]

@@ -23,10 +23,10 @@ impl ShardState {
             if topic::validate_topic_name(&will.topic).is_err() {
                 return self.reject(&conn, fail(ReasonCode::TOPIC_NAME_INVALID));
             }
-        }
-        if connect.properties.authentication_method.is_some() {
-            // TODO: enhanced authentication (SCRAM-SHA-256 over AUTH).
-            return self.reject(&conn, fail(ReasonCode::BAD_AUTHENTICATION_METHOD));
+            let user = connect.username.as_deref();
+            if !self.authorize(user, &client_id, Access::Publish, &will.topic, now) {
+                return self.reject(&conn, fail(ReasonCode::NOT_AUTHORIZED));
+            }
         }
 
         let expiry = if v5 {
@@ -75,7 +75,12 @@ impl ShardState {
         session.generation += 1;
         session.expiry_interval = expiry;
         session.will = connect.will;
-        session.client_receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        session.client_receive_maximum = connect
+            .properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(self.limits.max_inflight);
+        session.username = connect.username.as_deref().map(Arc::from);
         session.conn = Some(conn.clone());
 
         let max_keep_alive = self.limits.max_keep_alive;
@@ -103,6 +108,11 @@ impl ShardState {
             if connect.properties.session_expiry_interval.unwrap_or(0) != expiry {
                 properties.session_expiry_interval = Some(expiry);
             }
+            // The broker finishes enhanced authentication before it calls
+            // connect, and leaves the server's last message (SCRAM's
+            // server-final) as the Authentication Data that CONNACK returns.
+            properties.authentication_method = connect.properties.authentication_method.clone();
+            properties.authentication_data = connect.properties.authentication_data.clone();
         }
         conn.send(&Packet::ConnAck(ConnAck {
             session_present,

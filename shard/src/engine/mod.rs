@@ -16,6 +16,7 @@ use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 use tracing::{debug, error, info, warn};
 
+use crate::authorize::{Access, Authorizer, DenialLog};
 use crate::conn::{CloseRequest, Conn};
 use crate::mesh::{ShardId, ShardMsg};
 use crate::message::{Delivery, Publication};
@@ -78,6 +79,9 @@ struct ShardState {
     journal: Rc<RefCell<Vec<Arc<str>>>>,
     /// Weak self reference for timers spawned by the engine.
     this: Weak<RefCell<ShardState>>,
+    /// ACL shared read-only by every shard; `None` allows everything.
+    authorizer: Option<Arc<dyn Authorizer>>,
+    denials: DenialLog,
 }
 
 #[derive(Default)]
@@ -143,6 +147,8 @@ impl Shard {
                 persistence,
                 journal: Rc::new(RefCell::new(Vec::new())),
                 this: this.clone(),
+                authorizer: None,
+                denials: DenialLog::default(),
             })
         });
         Shard {
@@ -161,6 +167,12 @@ impl Shard {
 
     pub fn limits(&self) -> Limits {
         self.state.borrow().limits.clone()
+    }
+
+    /// Installs the authorizer that checks every later PUBLISH, SUBSCRIBE
+    /// filter and Will. Without one, every client may do everything.
+    pub fn set_authorizer(&self, authorizer: Arc<dyn Authorizer>) {
+        self.state.borrow_mut().authorizer = Some(authorizer);
     }
 
     /// Asks every connected client of this shard to close, with DISCONNECT
@@ -339,6 +351,7 @@ impl Shard {
                 conn.send(&reply);
                 return Ok(());
             }
+            PublishStep::Drop => return Ok(()),
             PublishStep::Route {
                 publication,
                 ack,
@@ -422,6 +435,28 @@ impl Shard {
             .borrow_mut()
             .disconnected(conn, client_id, publish_will, &mut outbox);
         self.flush(outbox).await;
+    }
+}
+
+impl ShardState {
+    /// Returns true when the authorizer (if any) lets `client_id` perform
+    /// `access` on `topic`. A denial is logged, rate-limited per shard.
+    fn authorize(
+        &mut self,
+        user: Option<&str>,
+        client_id: &str,
+        access: Access,
+        topic: &str,
+        now: Instant,
+    ) -> bool {
+        let Some(authorizer) = &self.authorizer else {
+            return true;
+        };
+        if authorizer.allows(user, client_id, access, topic) {
+            return true;
+        }
+        self.denials.record(now, client_id, access, topic);
+        false
     }
 }
 

@@ -96,6 +96,11 @@ impl ShardState {
         if !publish.properties.subscription_identifiers.is_empty() {
             return Err(close_with(ReasonCode::PROTOCOL_ERROR));
         }
+        let user = session.username.clone();
+        if !self.authorize(user.as_deref(), client_id, Access::Publish, &publish.topic, now) {
+            return self.deny_publish(conn, client_id, &publish);
+        }
+        let session = self.session_mut(client_id, conn)?;
         let retain_ack_needed = publish.retain && publish.qos != QoS::AtMostOnce;
 
         let ack_kind = match publish.qos {
@@ -164,6 +169,39 @@ impl ShardState {
         })
     }
 
+    /// Replies to a PUBLISH that the ACL denies. MQTT 5.0 clients get PUBACK or
+    /// PUBREC 0x87 (Not authorized). MQTT 3.1.1 has no error code for
+    /// either, and its spec lets a server acknowledge such a message and
+    /// discard it, so 3.1.1 clients get a normal acknowledgement. A QoS 0
+    /// message is dropped without an answer.
+    fn deny_publish(
+        &mut self,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
+        publish: &Publish,
+    ) -> Result<PublishStep, CloseRequest> {
+        let v5 = conn.protocol == Protocol::V5;
+        let (kind, packet_id) = match (publish.qos, publish.packet_id) {
+            (QoS::AtLeastOnce, Some(packet_id)) => (Packet::PubAck as fn(_) -> Packet, packet_id),
+            (QoS::ExactlyOnce, Some(packet_id)) => {
+                if !v5 {
+                    // The PUBREL that follows must find the exchange.
+                    let session = self.session_mut(client_id, conn)?;
+                    session.incoming_qos2.insert(packet_id);
+                    session.mark_dirty();
+                }
+                (Packet::PubRec as fn(_) -> Packet, packet_id)
+            }
+            _ => return Ok(PublishStep::Drop),
+        };
+        let reason = if v5 {
+            ReasonCode::NOT_AUTHORIZED
+        } else {
+            ReasonCode::SUCCESS
+        };
+        Ok(PublishStep::Reply(pubresp(kind, packet_id, reason)))
+    }
+
     /// Undoes the inbound QoS 2 bookkeeping of a PUBLISH that could not be
     /// stored, so the client's re-send after reconnecting is taken as new.
     pub(super) fn forget_incoming(&mut self, client_id: &Arc<str>, ack: Option<(fn(PubResponse) -> Packet, PacketId)>) {
@@ -203,6 +241,8 @@ impl ShardState {
 pub(super) enum PublishStep {
     /// Answer at once; nothing is routed.
     Reply(Packet),
+    /// Discard the message without a reply (a denied QoS 0 PUBLISH).
+    Drop,
     /// Route the publication, then send `ack` if any.
     Route {
         publication: Publication,

@@ -82,7 +82,7 @@ impl ShardState {
         outbox: &mut Outbox,
     ) -> Result<Option<(Packet, Vec<Delivery>)>, CloseRequest> {
         let now = Instant::now();
-        self.session_mut(client_id, conn)?;
+        let user = self.session_mut(client_id, conn)?.username.clone();
         let identifier = subscribe
             .properties
             .subscription_identifiers
@@ -94,6 +94,11 @@ impl ShardState {
         for (filter, options) in subscribe.filters {
             if topic::validate_topic_filter(&filter).is_err() {
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if !self.authorize(user.as_deref(), client_id, Access::Subscribe, &filter, now) {
+                // The codec sends 0x80 (Failure) to MQTT 3.1.1 clients.
+                reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }
             let shared = topic::parse_shared(&filter).map(|(_, inner)| inner.to_owned());

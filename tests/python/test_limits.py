@@ -1,0 +1,241 @@
+"""Limits that keep one client from hurting others: connections per listener, connection
+rate per source address, in-flight windows and slow consumers.
+
+Each test runs the broker with one shard, so the offending client and the well-behaved
+client share the shard, and it checks that the well-behaved client keeps a short round trip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import Broker, tail
+from mqtt_packets import (
+    CONNACK,
+    DISCONNECT_TYPE,
+    PUBLISH,
+    SUBACK,
+    RawClient,
+    encode_connect,
+    encode_puback,
+    encode_publish,
+    encode_subscribe,
+    parse_connack,
+    parse_publish,
+    parse_reason_and_properties,
+)
+
+QUOTA_EXCEEDED = 0x97
+CONNECTION_RATE_EXCEEDED = 0x9F
+RECEIVE_MAXIMUM_EXCEEDED = 0x93
+V311_SERVER_UNAVAILABLE = 3
+
+# Upper bound for one round trip of the well-behaved client while another client breaks a
+# limit. Loopback round trips of a debug build take milliseconds; a stalled shard would
+# take seconds.
+MAX_ROUND_TRIP_SECONDS = 0.5
+
+ALL_LISTENERS = re.compile(r'listening protocol=tcp addr="?([0-9.]+):(\d+)')
+
+
+class Prober:
+    """A well-behaved MQTT 5 client that measures round trips through the broker."""
+
+    def __init__(self, broker: Broker, client_id: str, source_address: str | None = None):
+        self.raw = RawClient(broker.host, broker.port, source_address=source_address)
+        self.raw.send(encode_connect(client_id))
+        assert parse_connack(self.raw.expect(CONNACK))[1] == 0
+        self.topic = f"probe/{client_id}"
+        self.raw.send(encode_subscribe(1, [(self.topic, 0)]))
+        self.raw.expect(SUBACK)
+        self.round_trips: list[float] = []
+
+    def round_trip(self) -> float:
+        """Publish to its own topic, wait for the message, and return the seconds it took."""
+        started = time.monotonic()
+        self.raw.send(encode_publish(self.topic, 0, None, b"ping"))
+        while True:
+            packet_type, flags, body = self.raw.read_packet(timeout=5.0)
+            if packet_type == PUBLISH and parse_publish(flags, body)[0] == self.topic:
+                break
+        elapsed = time.monotonic() - started
+        self.round_trips.append(elapsed)
+        return elapsed
+
+    def assert_fast(self) -> None:
+        assert self.round_trips, "no round trip was measured"
+        slowest = max(self.round_trips)
+        assert slowest < MAX_ROUND_TRIP_SECONDS, (
+            f"slowest round trip {slowest:.3f} s over {len(self.round_trips)} probes"
+        )
+
+
+def connack_reason(broker: Broker, version: int = 5, source_address: str | None = None,
+                   port: int | None = None) -> int:
+    raw = RawClient(broker.host, port or broker.port, source_address=source_address)
+    try:
+        raw.send(encode_connect(f"c{time.monotonic_ns()}", version=version))
+        return parse_connack(raw.expect(CONNACK), version)[1]
+    finally:
+        raw.close()
+
+
+@pytest.fixture
+def config_broker(tmp_path, coremq_binary, request):
+    """Start coremq with a config file only, so listener settings apply, and return
+    (broker, ports) with the port of each listener in config order."""
+    started: list[subprocess.Popen] = []
+
+    def start(config_text: str) -> tuple[Broker, list[int]]:
+        config = tmp_path / "coremq.toml"
+        config.write_text(config_text)
+        log_path = tmp_path / "coremq-config.log"
+        args = [str(coremq_binary), "--config", str(config), "--storage", "memory"]
+        env = dict(os.environ, RUST_LOG="info", NO_COLOR="1")
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file,
+                                       stderr=subprocess.STDOUT, env=env)
+        started.append(process)
+        broker = Broker(process, log_path, args)
+        deadline = time.monotonic() + 10
+        expected = config_text.count("[[listeners]]")
+        while True:
+            ports = [int(port) for _, port in ALL_LISTENERS.findall(broker.log_text())]
+            if len(ports) == expected:
+                broker.port = ports[0]
+                return broker, ports
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"coremq did not start: {' '.join(args)}\n{tail(broker.log_text())}",
+                            pytrace=False)
+            time.sleep(0.05)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=5)
+
+
+def test_listener_max_connections(config_broker):
+    broker, (limited, unlimited) = config_broker(
+        "shards = 1\n"
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nmax-connections = 2\n"
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n"
+    )
+    prober = Prober(broker, "prober")
+    second = RawClient(broker.host, limited)
+    second.send(encode_connect("second"))
+    assert parse_connack(second.expect(CONNACK))[1] == 0
+
+    assert connack_reason(broker, 5, port=limited) == QUOTA_EXCEEDED
+    assert connack_reason(broker, 311, port=limited) == V311_SERVER_UNAVAILABLE
+    assert connack_reason(broker, 5, port=unlimited) == 0, "the other listener is not limited"
+    for _ in range(5):
+        prober.round_trip()
+    prober.assert_fast()
+
+
+def test_connection_rate_per_source(broker_factory):
+    broker = broker_factory("--max-connection-rate", "5", shards=1)
+    prober = Prober(broker, "prober", source_address="127.0.0.1")
+
+    reasons = []
+    for _ in range(12):
+        reasons.append(connack_reason(broker, 5, source_address="127.0.0.2"))
+        prober.round_trip()
+    assert reasons.count(0) <= 5 * 2, f"too many accepted: {reasons}"
+    assert CONNECTION_RATE_EXCEEDED in reasons, f"no 0x9F: {reasons}"
+    assert connack_reason(broker, 311, source_address="127.0.0.2") == V311_SERVER_UNAVAILABLE
+    assert connack_reason(broker, 5, source_address="127.0.0.1") == 0, "other sources unaffected"
+    prober.assert_fast()
+
+
+def test_max_inflight_caps_window(broker_factory):
+    broker = broker_factory("--max-inflight", "3", shards=1)
+    subscriber = RawClient(broker.host, broker.port)
+    # No Receive Maximum in CONNECT, so the client allows 65,535 messages in flight.
+    subscriber.send(encode_connect("slow-acker"))
+    assert parse_connack(subscriber.expect(CONNACK))[1] == 0
+    subscriber.send(encode_subscribe(1, [("inflight/t", 1)]))
+    subscriber.expect(SUBACK)
+
+    publisher = RawClient(broker.host, broker.port)
+    publisher.send(encode_connect("publisher"))
+    publisher.expect(CONNACK)
+    for packet_id in range(1, 11):
+        publisher.send(encode_publish("inflight/t", 1, packet_id, b"m"))
+
+    def read_publishes(window: float) -> list[int]:
+        ids = []
+        while True:
+            try:
+                packet_type, flags, body = subscriber.read_packet(window)
+            except AssertionError:
+                return ids
+            if packet_type == PUBLISH:
+                ids.append(parse_publish(flags, body)[1])
+
+    first = read_publishes(0.5)
+    assert len(first) == 3, f"received {len(first)} messages with max-inflight 3"
+    subscriber.send(encode_puback(first[0]))
+    more = read_publishes(0.5)
+    assert len(more) == 1, f"one PUBACK released {len(more)} messages"
+
+
+def test_receive_maximum_exceeded(broker_factory):
+    broker = broker_factory("--receive-maximum", "2", shards=1)
+    prober = Prober(broker, "prober")
+    offender = RawClient(broker.host, broker.port)
+    offender.send(encode_connect("offender"))
+    offender.expect(CONNACK)
+    # QoS 2 messages stay unacknowledged until PUBREL, which the offender never sends.
+    for packet_id in range(1, 4):
+        offender.send(encode_publish("rm/t", 2, packet_id, b"x"))
+    while True:
+        packet_type, _, body = offender.read_packet()
+        if packet_type == DISCONNECT_TYPE:
+            break
+    assert parse_reason_and_properties(body)[0] == RECEIVE_MAXIMUM_EXCEEDED
+    for _ in range(5):
+        prober.round_trip()
+    prober.assert_fast()
+
+
+def test_slow_consumer_disconnected(broker_factory):
+    broker = broker_factory(
+        "--max-output-buffer", "65536",
+        "--slow-consumer-timeout", "1",
+        shards=1,
+    )
+    prober = Prober(broker, "prober")
+    # A small receive buffer closes the TCP window quickly; the client never reads.
+    slow = RawClient(broker.host, broker.port, receive_buffer=4096)
+    slow.send(encode_connect("slow"))
+    slow.expect(CONNACK)
+    slow.send(encode_subscribe(1, [("flood/#", 0)]))
+    slow.expect(SUBACK)
+
+    publisher = RawClient(broker.host, broker.port)
+    publisher.send(encode_connect("flooder"))
+    publisher.expect(CONNACK)
+    payload = b"x" * 10_000
+    deadline = time.monotonic() + 15
+    disconnected = False
+    while time.monotonic() < deadline:
+        for _ in range(20):
+            publisher.send(encode_publish("flood/t", 0, None, payload))
+        prober.round_trip()
+        if "slow consumer" in broker.log_text():
+            disconnected = True
+            break
+        time.sleep(0.02)
+    assert disconnected, "no slow consumer disconnect within 15 s"
+    assert slow.is_closed(timeout=5), "the slow consumer's socket is still open"
+    for _ in range(5):
+        prober.round_trip()
+    prober.assert_fast()
