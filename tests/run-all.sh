@@ -10,7 +10,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-apt_packages=(clang libclang-dev mosquitto mosquitto-clients mariadb-server redis-server python3-pip)
+apt_packages=(clang libclang-dev mosquitto mosquitto-clients mariadb-server redis-server python3-pip
+    nodejs npm chromium chromium-driver)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -38,5 +39,8 @@ cargo test --workspace --all-features
 # RUSTC_BOOTSTRAP=1 lets the stable toolchain take cargo-fuzz's -Z flags.
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --version 0.13.2 --locked
 (cd broker/codec && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none decode -- -max_total_time=20)
+
+# MQTT.js and playwright-core for the browser test, which pytest runs.
+(cd tests/browser && npm ci --no-audit --no-fund)
 
 python3 -m pytest -q tests/python

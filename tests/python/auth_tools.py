@@ -13,7 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from mqtt_packets import (
+from mqtt_raw import (
     AUTH,
     CONNACK,
     RawClient,

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from auth_tools import ScramClient, add_user, scram_connect
-from mqtt_packets import (
+from mqtt_raw import (
     CONNACK,
     PUBACK,
     PUBCOMP,

@@ -17,7 +17,7 @@ from auth_tools import (
     run_passwd,
     scram_connect,
 )
-from mqtt_packets import (
+from mqtt_raw import (
     AUTH,
     CONNACK,
     DISCONNECT_TYPE,

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import Broker, tail
-from mqtt_packets import (
+from mqtt_raw import (
     CONNACK,
     DISCONNECT_TYPE,
     PUBLISH,

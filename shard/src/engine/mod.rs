@@ -361,6 +361,9 @@ impl Shard {
 
         // A QoS 1/2 message that someone may receive goes into the log
         // before it is routed, so it is durable before its PUBACK/PUBREC.
+        // TODO: one connection waits for each append before reading its next
+        // PUBLISH, so a single publisher gets one group commit per message;
+        // appending the whole read batch at once would share the fsync.
         let persistence = self.state.borrow().persistence.clone();
         if let Some(persistence) = persistence {
             let needs_log =
