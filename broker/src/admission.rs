@@ -144,9 +144,21 @@ mod tests {
         let start = Instant::now();
         assert_eq!(admission.admit_source(source, start), Ok(()));
         assert_eq!(admission.admit_source(source, start), Ok(()));
-        assert_eq!(admission.admit_source(source, start), Err(1), "third in the window");
-        assert_eq!(admission.admit_source(source, start), Err(2), "fourth in the window");
-        assert_eq!(admission.admit_source(other, start), Ok(()), "other sources unaffected");
+        assert_eq!(
+            admission.admit_source(source, start),
+            Err(1),
+            "third in the window"
+        );
+        assert_eq!(
+            admission.admit_source(source, start),
+            Err(2),
+            "fourth in the window"
+        );
+        assert_eq!(
+            admission.admit_source(other, start),
+            Ok(()),
+            "other sources unaffected"
+        );
         assert_eq!(admission.admit_source(source, start + RATE_WINDOW), Ok(()));
     }
 
@@ -165,7 +177,10 @@ mod tests {
         assert!(!first.over_limit);
         let second = admission.enter_listener(0);
         assert!(second.over_limit);
-        assert!(!admission.enter_listener(1).over_limit, "unlimited listener");
+        assert!(
+            !admission.enter_listener(1).over_limit,
+            "unlimited listener"
+        );
         drop(second);
         drop(first);
         assert!(!admission.enter_listener(0).over_limit);

@@ -689,12 +689,17 @@ fn merge_tls(file: TlsSection, cli: TlsSection) -> TlsSection {
 }
 
 fn storage_from(file: StorageConfig, cli: StorageConfig) -> Result<(Storage, bool), ConfigError> {
-    let backend = cli.backend.or(file.backend).unwrap_or_else(|| "rocksdb".to_owned());
+    let backend = cli
+        .backend
+        .or(file.backend)
+        .unwrap_or_else(|| "rocksdb".to_owned());
     let url = cli.url.or(file.url);
     let need_url = |name: &str| {
         url.clone().ok_or_else(|| ConfigError::Invalid {
             key: "storage.url",
-            message: format!("the {name} backend needs a server URL; set storage.url or --storage-url"),
+            message: format!(
+                "the {name} backend needs a server URL; set storage.url or --storage-url"
+            ),
         })
     };
     let storage = match backend.as_str() {
@@ -705,12 +710,18 @@ fn storage_from(file: StorageConfig, cli: StorageConfig) -> Result<(Storage, boo
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
         },
-        "mysql" => Storage::Mysql { url: need_url("mysql")? },
-        "redis" => Storage::Redis { url: need_url("redis")? },
+        "mysql" => Storage::Mysql {
+            url: need_url("mysql")?,
+        },
+        "redis" => Storage::Redis {
+            url: need_url("redis")?,
+        },
         other => {
             return Err(ConfigError::Invalid {
                 key: "storage.backend",
-                message: format!("{other:?} is not a backend; use \"rocksdb\", \"mysql\", \"redis\" or \"memory\""),
+                message: format!(
+                "{other:?} is not a backend; use \"rocksdb\", \"mysql\", \"redis\" or \"memory\""
+            ),
             })
         }
     };
@@ -720,7 +731,9 @@ fn storage_from(file: StorageConfig, cli: StorageConfig) -> Result<(Storage, boo
         Some(other) => {
             return Err(ConfigError::Invalid {
                 key: "storage.durability",
-                message: format!("{other:?} is not a durability setting; use \"fsync\" or \"none\""),
+                message: format!(
+                    "{other:?} is not a durability setting; use \"fsync\" or \"none\""
+                ),
             })
         }
     };

@@ -139,7 +139,11 @@ pub async fn serve(context: ConnectionContext, accepted: Accepted) {
 
 /// Serves a counted connection. `refusal` is the CONNACK reason code for a
 /// connection that a limit rejects once its CONNECT has arrived.
-async fn serve_counted(context: &ConnectionContext, accepted: Accepted, refusal: Option<ReasonCode>) {
+async fn serve_counted(
+    context: &ConnectionContext,
+    accepted: Accepted,
+    refusal: Option<ReasonCode>,
+) {
     let handed_over = !accepted.buffered.is_empty();
     let Accepted {
         stream,
@@ -669,4 +673,3 @@ async fn give_up_after_close(conn: &Rc<Conn>) -> std::io::Result<()> {
     glommio::timer::sleep(CLOSE_FLUSH_TIMEOUT).await;
     Err(std::io::ErrorKind::TimedOut.into())
 }
-

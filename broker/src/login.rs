@@ -67,7 +67,11 @@ pub async fn authenticate_connect(
         };
     };
 
-    let client_first = connect.properties.authentication_data.clone().unwrap_or_default();
+    let client_first = connect
+        .properties
+        .authentication_data
+        .clone()
+        .unwrap_or_default();
     let (exchange, server_first) = match authenticator.start_enhanced(&method, &client_first) {
         Ok(started) => started,
         Err(reason) => {
@@ -77,7 +81,11 @@ pub async fn authenticate_connect(
         }
     };
     let username = exchange.username().to_string();
-    write_packet(stream, &auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, server_first)).await;
+    write_packet(
+        stream,
+        &auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, server_first),
+    )
+    .await;
 
     let response = match read_auth_response(stream, buffer, peer, max_packet_size).await {
         Ok(response) => response,
@@ -192,13 +200,24 @@ impl<'a> Reauthentication<'a> {
     /// client's next message. Replies go to `conn`. Returns the reason code
     /// of the DISCONNECT to send when re-authentication fails or the packet
     /// breaks the protocol.
-    pub fn handle(&mut self, conn: &Rc<Conn>, client_id: &str, auth: Auth) -> Result<(), ReasonCode> {
+    pub fn handle(
+        &mut self,
+        conn: &Rc<Conn>,
+        client_id: &str,
+        auth: Auth,
+    ) -> Result<(), ReasonCode> {
         let Some(method) = self.login.method.as_deref() else {
-            info!(client_id, "AUTH from a client that did not use enhanced authentication");
+            info!(
+                client_id,
+                "AUTH from a client that did not use enhanced authentication"
+            );
             return Err(ReasonCode::PROTOCOL_ERROR);
         };
         if auth.properties.authentication_method.as_deref() != Some(method) {
-            info!(client_id, "AUTH with an Authentication Method other than the one used at CONNECT");
+            info!(
+                client_id,
+                "AUTH with an Authentication Method other than the one used at CONNECT"
+            );
             return Err(ReasonCode::PROTOCOL_ERROR);
         }
         let data = auth.properties.authentication_data.unwrap_or_default();
@@ -207,16 +226,27 @@ impl<'a> Reauthentication<'a> {
             ReasonCode::REAUTHENTICATE if self.pending.is_none() => {
                 let (exchange, server_first) = self.authenticator.start_enhanced(method, &data)?;
                 if Some(exchange.username()) != self.login.username.as_deref() {
-                    info!(client_id, user = exchange.username(), "re-authentication as another user rejected");
+                    info!(
+                        client_id,
+                        user = exchange.username(),
+                        "re-authentication as another user rejected"
+                    );
                     return Err(ReasonCode::NOT_AUTHORIZED);
                 }
-                conn.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, method, server_first));
+                conn.send(&auth_packet(
+                    ReasonCode::CONTINUE_AUTHENTICATION,
+                    method,
+                    server_first,
+                ));
                 self.pending = Some(exchange);
                 Ok(())
             }
             ReasonCode::CONTINUE_AUTHENTICATION => {
                 let Some(exchange) = self.pending.take() else {
-                    info!(client_id, "AUTH 0x18 without a re-authentication in progress");
+                    info!(
+                        client_id,
+                        "AUTH 0x18 without a re-authentication in progress"
+                    );
                     return Err(ReasonCode::PROTOCOL_ERROR);
                 };
                 let server_final = exchange.finish(&data)?;

@@ -19,8 +19,8 @@ use tracing::{error, info, warn, Instrument};
 use coremq_shard::persist::LOG_QUEUE;
 use coremq_shard::{owner_shard, Persistence, Shard, ShardMsg};
 use coremq_wal::{
-    Durability, HandleConfig, Message, MysqlConfig, MysqlStore, RedisConfig, RedisStore, RocksConfig,
-    RocksStore, SessionRecord, Store, StoreHandle,
+    Durability, HandleConfig, Message, MysqlConfig, MysqlStore, RedisConfig, RedisStore,
+    RocksConfig, RocksStore, SessionRecord, Store, StoreHandle,
 };
 use futures_lite::future;
 
@@ -84,34 +84,52 @@ struct Recovered {
 /// Opens the configured store and reads what it holds. Returns `None` for
 /// the in-memory mode.
 fn open_store(config: &Config) -> Result<Option<Recovered>, ServerError> {
-    let durability = if config.fsync { Durability::Fsync } else { Durability::None };
-    let (backend, opened): (&'static str, Result<Arc<dyn Store>, coremq_wal::StoreError>) = match &config.storage {
-        Storage::Memory => return Ok(None),
-        Storage::Rocksdb { data_dir } => {
-            let mut rocks = RocksConfig::new(data_dir);
-            rocks.durability = durability;
-            ("rocksdb", RocksStore::open(&rocks).map(|s| Arc::new(s) as Arc<dyn Store>))
-        }
-        Storage::Mysql { url } => {
-            let mut mysql = MysqlConfig::new(url.clone());
-            mysql.durability = durability;
-            ("mysql", MysqlStore::open(&mysql).map(|s| Arc::new(s) as Arc<dyn Store>))
-        }
-        Storage::Redis { url } => {
-            let mut redis = RedisConfig::new(url.clone());
-            redis.durability = durability;
-            ("redis", RedisStore::open(&redis).map(|s| Arc::new(s) as Arc<dyn Store>))
-        }
+    let durability = if config.fsync {
+        Durability::Fsync
+    } else {
+        Durability::None
     };
+    let (backend, opened): (&'static str, Result<Arc<dyn Store>, coremq_wal::StoreError>) =
+        match &config.storage {
+            Storage::Memory => return Ok(None),
+            Storage::Rocksdb { data_dir } => {
+                let mut rocks = RocksConfig::new(data_dir);
+                rocks.durability = durability;
+                (
+                    "rocksdb",
+                    RocksStore::open(&rocks).map(|s| Arc::new(s) as Arc<dyn Store>),
+                )
+            }
+            Storage::Mysql { url } => {
+                let mut mysql = MysqlConfig::new(url.clone());
+                mysql.durability = durability;
+                (
+                    "mysql",
+                    MysqlStore::open(&mysql).map(|s| Arc::new(s) as Arc<dyn Store>),
+                )
+            }
+            Storage::Redis { url } => {
+                let mut redis = RedisConfig::new(url.clone());
+                redis.durability = durability;
+                (
+                    "redis",
+                    RedisStore::open(&redis).map(|s| Arc::new(s) as Arc<dyn Store>),
+                )
+            }
+        };
     let store = opened.map_err(|source| ServerError::Store { backend, source })?;
-    let handle = StoreHandle::spawn(store, HandleConfig::default()).map_err(|error| ServerError::Executor {
-        shard: 0,
-        message: format!("cannot start the store threads: {error}"),
+    let handle = StoreHandle::spawn(store, HandleConfig::default()).map_err(|error| {
+        ServerError::Executor {
+            shard: 0,
+            message: format!("cannot start the store threads: {error}"),
+        }
     })?;
     let load = |source| ServerError::Store { backend, source };
     let sessions = future::block_on(handle.list_sessions()).map_err(load)?;
     let retained = future::block_on(handle.list_retained()).map_err(load)?;
-    let last_offset = future::block_on(handle.last_offset(LOG_QUEUE)).map_err(load)?.unwrap_or(0);
+    let last_offset = future::block_on(handle.last_offset(LOG_QUEUE))
+        .map_err(load)?
+        .unwrap_or(0);
     info!(
         backend,
         sessions = sessions.len(),

@@ -373,7 +373,12 @@ impl Session {
     /// Handles PUBREC. Returns `Some(true)` when the caller must answer
     /// PUBREL, `Some(false)` when the client ended the exchange with an
     /// error, and `None` when no QoS 2 message awaited it.
-    pub fn on_pubrec(&mut self, packet_id: PacketId, reason: ReasonCode, now: Instant) -> Option<bool> {
+    pub fn on_pubrec(
+        &mut self,
+        packet_id: PacketId,
+        reason: ReasonCode,
+        now: Instant,
+    ) -> Option<bool> {
         let state = self.inflight.get(&packet_id)?.state;
         match state {
             OutboundState::AwaitingPubRec if reason.is_error() => {

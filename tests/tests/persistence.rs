@@ -34,7 +34,11 @@ fn start_durable(dir: &TempDir) -> Broker {
 fn resume(broker: &Broker, client_id: &str) -> (RawClient, bool) {
     let mut client = RawClient::connect(broker.addr());
     let connack = client.connect_with(connect_persistent(client_id, false, EXPIRY));
-    assert_eq!(connack.reason, ReasonCode::SUCCESS, "CONNACK of {client_id}");
+    assert_eq!(
+        connack.reason,
+        ReasonCode::SUCCESS,
+        "CONNACK of {client_id}"
+    );
     (client, connack.session_present)
 }
 

@@ -58,7 +58,12 @@ impl Shard {
             };
             let result = match write {
                 Some(Some(record)) => persistence.store.put_session(record).await,
-                Some(None) => persistence.store.delete_session(client_id.to_string()).await,
+                Some(None) => {
+                    persistence
+                        .store
+                        .delete_session(client_id.to_string())
+                        .await
+                }
                 None => Ok(()),
             };
             if let Err(error) = result {
@@ -90,13 +95,21 @@ impl Shard {
                 continue;
             }
             if let Some(lowest) = persistence.lowest_needed() {
-                if let Err(error) = persistence.store.delete_by_offset(persist::LOG_QUEUE, lowest).await {
+                if let Err(error) = persistence
+                    .store
+                    .delete_by_offset(persist::LOG_QUEUE, lowest)
+                    .await
+                {
                     warn!(%error, offset = lowest, "cannot truncate the message log");
                 }
             }
             match persistence.store.purge_expired(records::unix_ms()).await {
                 Ok(report) if report.sessions + report.retained > 0 => {
-                    debug!(sessions = report.sessions, retained = report.retained, "purged expired records");
+                    debug!(
+                        sessions = report.sessions,
+                        retained = report.retained,
+                        "purged expired records"
+                    );
                 }
                 Ok(_) => {}
                 Err(error) => warn!(%error, "cannot purge expired records"),
@@ -117,7 +130,9 @@ impl Shard {
             let mut state = self.state.borrow_mut();
             for message in retained {
                 match records::publication_from_message(message, now) {
-                    Ok(publication) if !publication.is_expired(now) => state.retained.apply(Arc::new(publication)),
+                    Ok(publication) if !publication.is_expired(now) => {
+                        state.retained.apply(Arc::new(publication))
+                    }
                     Ok(_) => {}
                     Err(error) => warn!(%error, "skipping a corrupt retained message"),
                 }
@@ -129,10 +144,16 @@ impl Shard {
             let client_id: Arc<str> = record.client_id.as_str().into();
             match self.restore_session(&persistence, record, now).await {
                 Ok(()) => {}
-                Err(error) => warn!(client_id = %client_id, %error, "skipping a corrupt session record"),
+                Err(error) => {
+                    warn!(client_id = %client_id, %error, "skipping a corrupt session record")
+                }
             }
         }
-        info!(sessions = count, elapsed_ms = persist::elapsed_ms(started) as u64, "restored sessions");
+        info!(
+            sessions = count,
+            elapsed_ms = persist::elapsed_ms(started) as u64,
+            "restored sessions"
+        );
     }
 
     async fn restore_session(
@@ -158,7 +179,9 @@ impl Shard {
             session.incoming_qos2 = state.incoming_qos2.iter().copied().collect();
             session.log_seen = record.acked_offset(persist::LOG_QUEUE);
             for (filter, subscription) in &subscriptions {
-                session.subscriptions.insert(filter.clone(), subscription.clone());
+                session
+                    .subscriptions
+                    .insert(filter.clone(), subscription.clone());
             }
             for (filter, subscription) in subscriptions {
                 shard.attach_subscription(&client_id, filter.into(), subscription, &mut outbox);
@@ -176,7 +199,11 @@ impl Shard {
             .collect();
         let mut next = record.acked_offset(persist::LOG_QUEUE) + 1;
         loop {
-            let batch = match persistence.store.read_by_offset(persist::LOG_QUEUE, next, REPLAY_BATCH).await {
+            let batch = match persistence
+                .store
+                .read_by_offset(persist::LOG_QUEUE, next, REPLAY_BATCH)
+                .await
+            {
                 Ok(batch) => batch,
                 Err(error) => {
                     error!(client_id = %client_id, %error, "cannot read the message log; the session misses what it held");
@@ -222,9 +249,9 @@ impl Shard {
             let generation = session.generation;
             let expiry = session.expiry_interval;
             if expiry != u32::MAX {
-                let remaining_ms = record
-                    .expires_at
-                    .map_or(u64::from(expiry) * 1000, |at| at.saturating_sub(records::unix_ms()));
+                let remaining_ms = record.expires_at.map_or(u64::from(expiry) * 1000, |at| {
+                    at.saturating_sub(records::unix_ms())
+                });
                 shard.arm_expiry_timer_ms(client_id, generation, remaining_ms);
             }
         }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use coremq_codec::topic;
 use coremq_codec::{
-    ConnAck, Connect, Packet, PacketId, Properties, Protocol, PubResponse, Publish, QoS, ReasonCode, RetainHandling,
-    SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    ConnAck, Connect, Packet, PacketId, Properties, Protocol, PubResponse, Publish, QoS,
+    ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
@@ -20,10 +20,10 @@ use crate::authorize::{Access, Authorizer, DenialLog};
 use crate::conn::{CloseRequest, Conn};
 use crate::mesh::{ShardId, ShardMsg};
 use crate::message::{Delivery, Publication};
+use crate::persist::{self, Persistence};
 use crate::retained::RetainedStore;
 use crate::session::{pubresp, FrameCache, Session, Subscription};
 use crate::trie::FilterTrie;
-use crate::persist::{self, Persistence};
 use crate::Limits;
 use packets::PublishStep;
 
@@ -128,7 +128,11 @@ fn close_with(reason: ReasonCode) -> CloseRequest {
 
 impl Shard {
     /// Creates the engine of shard `senders.peer_id()`.
-    pub fn new(senders: Senders<ShardMsg>, limits: Limits, persistence: Option<Persistence>) -> Shard {
+    pub fn new(
+        senders: Senders<ShardMsg>,
+        limits: Limits,
+        persistence: Option<Persistence>,
+    ) -> Shard {
         let id = senders.peer_id();
         let shards = senders.nr_consumers();
         let state = Rc::new_cyclic(|this| {
@@ -208,7 +212,9 @@ impl Shard {
             for op in outbox.store {
                 let result = match op {
                     StoreOp::PutRetained(message) => persistence.store.put_retained(message).await,
-                    StoreOp::DeleteRetained(topic) => persistence.store.delete_retained(topic).await,
+                    StoreOp::DeleteRetained(topic) => {
+                        persistence.store.delete_retained(topic).await
+                    }
                 };
                 if let Err(error) = result {
                     error!(%error, "cannot store retained message");
@@ -344,8 +350,16 @@ impl Shard {
         }
     }
 
-    async fn handle_publish(&self, conn: &Rc<Conn>, client_id: &Arc<str>, publish: Publish) -> HandleResult {
-        let step = self.state.borrow_mut().prepare_publish(conn, client_id, publish)?;
+    async fn handle_publish(
+        &self,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
+        publish: Publish,
+    ) -> HandleResult {
+        let step = self
+            .state
+            .borrow_mut()
+            .prepare_publish(conn, client_id, publish)?;
         let (mut publication, ack, retain_ack_needed) = match step {
             PublishStep::Reply(reply) => {
                 conn.send(&reply);
@@ -366,11 +380,16 @@ impl Shard {
         // appending the whole read batch at once would share the fsync.
         let persistence = self.state.borrow().persistence.clone();
         if let Some(persistence) = persistence {
-            let needs_log =
-                publication.qos != QoS::AtMostOnce && self.state.borrow().has_subscribers(&publication.topic);
+            let needs_log = publication.qos != QoS::AtMostOnce
+                && self.state.borrow().has_subscribers(&publication.topic);
             if needs_log {
-                let message = persist::records::message_from_publication(&publication, Instant::now());
-                match persistence.store.append(persist::LOG_QUEUE, vec![message]).await {
+                let message =
+                    persist::records::message_from_publication(&publication, Instant::now());
+                match persistence
+                    .store
+                    .append(persist::LOG_QUEUE, vec![message])
+                    .await
+                {
                     Ok(offsets) => {
                         publication.log_offset = Some(offsets.start);
                         persistence.advance(offsets.start);

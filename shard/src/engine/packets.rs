@@ -24,7 +24,11 @@ impl ShardState {
             }
             Packet::PubRec(rec) => match session.on_pubrec(rec.packet_id, rec.reason, now) {
                 Some(true) => {
-                    return Ok(Some(pubresp(Packet::PubRel, rec.packet_id, ReasonCode::SUCCESS)));
+                    return Ok(Some(pubresp(
+                        Packet::PubRel,
+                        rec.packet_id,
+                        ReasonCode::SUCCESS,
+                    )));
                 }
                 Some(false) => {}
                 None => {
@@ -97,7 +101,13 @@ impl ShardState {
             return Err(close_with(ReasonCode::PROTOCOL_ERROR));
         }
         let user = session.username.clone();
-        if !self.authorize(user.as_deref(), client_id, Access::Publish, &publish.topic, now) {
+        if !self.authorize(
+            user.as_deref(),
+            client_id,
+            Access::Publish,
+            &publish.topic,
+            now,
+        ) {
             return self.deny_publish(conn, client_id, &publish);
         }
         let session = self.session_mut(client_id, conn)?;
@@ -204,7 +214,11 @@ impl ShardState {
 
     /// Undoes the inbound QoS 2 bookkeeping of a PUBLISH that could not be
     /// stored, so the client's re-send after reconnecting is taken as new.
-    pub(super) fn forget_incoming(&mut self, client_id: &Arc<str>, ack: Option<(fn(PubResponse) -> Packet, PacketId)>) {
+    pub(super) fn forget_incoming(
+        &mut self,
+        client_id: &Arc<str>,
+        ack: Option<(fn(PubResponse) -> Packet, PacketId)>,
+    ) {
         if let (Some(session), Some((_, packet_id))) = (self.sessions.get_mut(client_id), ack) {
             session.incoming_qos2.remove(&packet_id);
         }

@@ -20,7 +20,10 @@ impl ShardState {
                 let op = if publication.payload.is_empty() {
                     StoreOp::DeleteRetained(publication.topic.clone())
                 } else {
-                    StoreOp::PutRetained(persist::records::message_from_publication(publication, now))
+                    StoreOp::PutRetained(persist::records::message_from_publication(
+                        publication,
+                        now,
+                    ))
                 };
                 outbox.store.push(op);
             }

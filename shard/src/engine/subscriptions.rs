@@ -123,7 +123,8 @@ impl ShardState {
             if existed {
                 if shared.is_none() {
                     // Replace the options of the existing subscription.
-                    self.subscriptions.insert(&filter, client_id.clone(), subscription);
+                    self.subscriptions
+                        .insert(&filter, client_id.clone(), subscription);
                 }
             } else {
                 self.attach_subscription(client_id, filter.clone(), subscription, outbox);
@@ -208,7 +209,8 @@ impl ShardState {
             let group = self.shared_groups.entry(filter.clone()).or_default();
             group.members.push(client_id.clone());
         } else {
-            self.subscriptions.insert(&filter, client_id.clone(), subscription);
+            self.subscriptions
+                .insert(&filter, client_id.clone(), subscription);
         }
         self.add_local_filter(&filter, outbox);
     }

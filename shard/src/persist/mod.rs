@@ -132,7 +132,9 @@ pub fn lowest_needed<'a>(sessions: impl Iterator<Item = &'a mut Session>, last_o
 /// Client ids that appear in a journal more than once are written once.
 pub fn dedup(ids: Vec<Arc<str>>) -> Vec<Arc<str>> {
     let mut seen = HashSet::with_capacity(ids.len());
-    ids.into_iter().filter(|id| seen.insert(id.clone())).collect()
+    ids.into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
 }
 
 /// Time since `start`, for log lines about restore and flush durations.

@@ -79,9 +79,7 @@ pub fn message_from_publication(publication: &Publication, now: Instant) -> Mess
             .as_deref()
             .unwrap_or_default()
             .to_owned(),
-        expires_at: publication
-            .expires_at
-            .map(|at| instant_to_unix_ms(at, now)),
+        expires_at: publication.expires_at.map(|at| instant_to_unix_ms(at, now)),
     }
 }
 
@@ -90,7 +88,10 @@ pub fn message_from_publication(publication: &Publication, now: Instant) -> Mess
 /// # Errors
 ///
 /// Returns an error when the stored property block is corrupt.
-pub fn publication_from_message(message: Message, now: Instant) -> Result<Publication, RecordError> {
+pub fn publication_from_message(
+    message: Message,
+    now: Instant,
+) -> Result<Publication, RecordError> {
     Ok(Publication {
         topic: message.topic,
         payload: message.payload,
@@ -427,7 +428,8 @@ mod tests {
                 identifier: Some(42),
             },
         );
-        let decoded = decode_subscriptions(&encode_subscriptions(&subscriptions)).expect("round trip");
+        let decoded =
+            decode_subscriptions(&encode_subscriptions(&subscriptions)).expect("round trip");
         assert_eq!(decoded.len(), 1);
         assert_eq!(decoded[0].0, "a/+/c");
         assert_eq!(decoded[0].1.identifier, Some(42));
