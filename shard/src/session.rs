@@ -28,6 +28,8 @@ pub struct Subscription {
 }
 
 /// Where an outbound QoS 1/2 message stands.
+// The variants name the packet each state waits for.
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutboundState {
     /// QoS 1 PUBLISH sent, PUBACK awaited.

@@ -64,7 +64,7 @@ fn publish_until_cut(
     assert_eq!(connack.reason, ReasonCode::SUCCESS);
     let mut packet_id: u16 = 0;
     while !stop.load(Ordering::Relaxed) {
-        let qos = if next % 2 == 0 {
+        let qos = if next.is_multiple_of(2) {
             QoS::AtLeastOnce
         } else {
             QoS::ExactlyOnce

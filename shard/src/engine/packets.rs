@@ -214,11 +214,7 @@ impl ShardState {
 
     /// Undoes the inbound QoS 2 bookkeeping of a PUBLISH that could not be
     /// stored, so the client's re-send after reconnecting is taken as new.
-    pub(super) fn forget_incoming(
-        &mut self,
-        client_id: &Arc<str>,
-        ack: Option<(fn(PubResponse) -> Packet, PacketId)>,
-    ) {
+    pub(super) fn forget_incoming(&mut self, client_id: &Arc<str>, ack: PendingAck) {
         if let (Some(session), Some((_, packet_id))) = (self.sessions.get_mut(client_id), ack) {
             session.incoming_qos2.remove(&packet_id);
         }
@@ -235,7 +231,7 @@ impl ShardState {
         &mut self,
         protocol: Protocol,
         publication: Arc<Publication>,
-        ack: Option<(fn(PubResponse) -> Packet, PacketId)>,
+        ack: PendingAck,
         retain_ack_needed: bool,
         outbox: &mut Outbox,
     ) -> Option<Packet> {
@@ -251,6 +247,10 @@ impl ShardState {
     }
 }
 
+/// The acknowledgement owed for an accepted PUBLISH: the packet kind
+/// (PUBACK or PUBREC) and its packet id; `None` at QoS 0.
+pub(super) type PendingAck = Option<(fn(PubResponse) -> Packet, PacketId)>;
+
 /// What to do with a client's PUBLISH after its checks.
 pub(super) enum PublishStep {
     /// Answer at once; nothing is routed.
@@ -260,7 +260,7 @@ pub(super) enum PublishStep {
     /// Route the publication, then send `ack` if any.
     Route {
         publication: Publication,
-        ack: Option<(fn(PubResponse) -> Packet, PacketId)>,
+        ack: PendingAck,
         retain_ack_needed: bool,
     },
 }
