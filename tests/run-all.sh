@@ -11,7 +11,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 apt_packages=(clang libclang-dev mosquitto mosquitto-clients mariadb-server redis-server python3-pip
-    nodejs npm chromium chromium-driver)
+    chromium chromium-driver)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -23,7 +23,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q -r tests/python/requirements.txt
+# Node.js and npm for the browser test, from Debian unless a Node.js with npm
+# (such as a NodeSource build, which conflicts with Debian's npm) is there.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "installing Debian packages: nodejs npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq nodejs npm >/dev/null
+fi
+
+# Debian's own Python marks itself externally managed (PEP 668); the test
+# clients go into it anyway, as this script runs on a test machine.
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q -r tests/python/requirements.txt
 
 # MariaDB and Redis on loopback for the storage backends' tests.
 eval "$(bash tests/services.sh)"
