@@ -74,7 +74,7 @@ pub enum ServerError {
     },
 }
 
-/// What the store held at start-up.
+/// Contents of the store at start-up.
 struct Recovered {
     persistence: Persistence,
     sessions: Arc<Vec<SessionRecord>>,
@@ -312,8 +312,8 @@ async fn watch_shutdown(shard: Shard) {
     glommio::timer::sleep(SHUTDOWN_GRACE).await;
 }
 
-/// What the shards share while they start: the store's contents, and how
-/// many shards have rebuilt their sessions from it.
+/// State the shards share while they start: the store's contents, and the
+/// count of shards that have rebuilt their sessions from it.
 struct Startup {
     recovered: Option<Arc<Recovered>>,
     restored: Arc<AtomicUsize>,

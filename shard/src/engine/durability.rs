@@ -259,8 +259,9 @@ impl Shard {
     }
 }
 
-/// The copy of a replayed publication `session` would have received, or
-/// `None` when none of its (non-shared) subscriptions matches.
+/// Builds the copy of a replayed publication that `session` would have
+/// received. Returns `None` when none of its non-shared subscriptions
+/// matches.
 fn replay_delivery(session: &Session, publication: &Arc<Publication>) -> Option<Delivery> {
     let mut delivery: Option<Delivery> = None;
     for (filter, subscription) in &session.subscriptions {

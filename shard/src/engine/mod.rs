@@ -346,7 +346,9 @@ impl Shard {
             (persistence, persist::session_record(session))
         };
         if let Err(error) = persistence.store.put_session(record).await {
-            error!(client_id = %client_id, %error, "cannot store session");
+            // NOTE: the PUBREC or PUBCOMP still goes out. If the broker then
+            // crashes, a re-sent QoS 2 PUBLISH may be delivered twice.
+            error!(client_id = %client_id, %error, "failed to store session; QoS 2 state may be lost in a crash");
         }
     }
 
@@ -375,9 +377,9 @@ impl Shard {
 
         // A QoS 1/2 message that someone may receive goes into the log
         // before it is routed, so it is durable before its PUBACK/PUBREC.
-        // TODO: one connection waits for each append before reading its next
-        // PUBLISH, so a single publisher gets one group commit per message;
-        // appending the whole read batch at once would share the fsync.
+        // TODO: one connection waits for each append before it reads its next
+        // PUBLISH, so a single publisher gets one group commit per message.
+        // Appending the whole read batch at once would share the fsync.
         let persistence = self.state.borrow().persistence.clone();
         if let Some(persistence) = persistence {
             let needs_log = publication.qos != QoS::AtMostOnce

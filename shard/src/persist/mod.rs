@@ -117,8 +117,8 @@ pub fn session_record(session: &mut Session) -> SessionRecord {
 /// Lowest log offset the given sessions still need: one above the
 /// acknowledged prefix of the least advanced persistent session.
 // TODO: a session with nothing pending reports the last offset it was
-// offered, so an idle persistent session holds truncation back until a
-// matching message reaches it or it expires.
+// offered. An idle persistent session therefore keeps the log from being
+// truncated until a matching message reaches it or it expires.
 pub fn lowest_needed<'a>(sessions: impl Iterator<Item = &'a mut Session>, last_offset: u64) -> u64 {
     let mut lowest = last_offset + 1;
     for session in sessions {

@@ -1,8 +1,9 @@
 //! Conversion between the engine's types and the store's records.
 //!
 //! The store keeps subscriptions, wills, session state and MQTT properties
-//! as opaque bytes; this module owns their format: a version byte, then
-//! fixed-width big-endian integers and length-prefixed strings.
+//! as opaque bytes, and this module defines their format. Each starts with
+//! a version byte, followed by fixed-width big-endian integers and
+//! length-prefixed strings.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,7 +66,7 @@ fn mqtt_qos(qos: coremq_wal::QoS) -> QoS {
     }
 }
 
-/// The store's form of a publication.
+/// Converts a publication to the store's message record.
 pub fn message_from_publication(publication: &Publication, now: Instant) -> Message {
     Message {
         offset: 0,
