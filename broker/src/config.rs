@@ -19,6 +19,9 @@ use crate::auth::{Security, SecurityError};
 
 /// Largest Receive Maximum and Topic Alias Maximum the protocol can carry.
 const MAX_U16_SETTING: u64 = u16::MAX as u64;
+/// Longest write linger accepted, in microseconds: beyond 100 ms batching
+/// saves nothing more and only adds latency.
+const MAX_WRITE_LINGER_US: u64 = 100_000;
 
 /// Smallest Maximum Packet Size that still fits a CONNECT with a short
 /// client id and a few properties.
@@ -297,6 +300,9 @@ pub struct LimitsConfig {
     /// Seconds without write progress after which a client whose messages
     /// are being dropped is disconnected; default 10.
     pub slow_consumer_timeout: Option<u64>,
+    /// Microseconds a socket's deliveries are held to batch them when it
+    /// was written to less than this long ago; default 2,000, 0 disables.
+    pub write_linger_us: Option<u64>,
 }
 
 /// The config file.
@@ -501,6 +507,13 @@ impl Config {
             1,
             u64::from(u32::MAX),
         )?;
+        let write_linger_us = checked(
+            "limits.write-linger-us",
+            limits.write_linger_us,
+            coremq_shard::DEFAULT_WRITE_LINGER_US,
+            0,
+            MAX_WRITE_LINGER_US,
+        )?;
         let queue_drop_policy = match limits.queue_drop_policy.as_deref() {
             None | Some("drop-oldest") => DropPolicy::DropOldest,
             Some("drop-new") => DropPolicy::DropNew,
@@ -550,6 +563,7 @@ impl Config {
                 max_output_buffer,
                 max_inflight,
                 slow_consumer_timeout: Duration::from_secs(slow_consumer_timeout),
+                write_linger: Duration::from_micros(write_linger_us),
             },
             max_connections,
             storage,
@@ -798,6 +812,7 @@ fn merge_limits(file: LimitsConfig, cli: LimitsConfig) -> LimitsConfig {
         max_connection_rate: cli.max_connection_rate.or(file.max_connection_rate),
         max_inflight: cli.max_inflight.or(file.max_inflight),
         slow_consumer_timeout: cli.slow_consumer_timeout.or(file.slow_consumer_timeout),
+        write_linger_us: cli.write_linger_us.or(file.write_linger_us),
     }
 }
 

@@ -119,6 +119,11 @@ struct Cli {
     /// [default: 10].
     #[arg(long, value_name = "SECS")]
     slow_consumer_timeout: Option<u64>,
+    /// Microseconds to hold deliveries to a socket that was written to
+    /// less than this long ago, so that they leave in one write; 0 writes
+    /// each wake-up at once [default: 2000].
+    #[arg(long, value_name = "MICROS")]
+    write_linger_us: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +170,7 @@ fn main() -> ExitCode {
             max_inflight: cli.max_inflight,
             max_output_buffer: cli.max_output_buffer,
             slow_consumer_timeout: cli.slow_consumer_timeout,
+            write_linger_us: cli.write_linger_us,
             ..Default::default()
         },
         storage: StorageConfig {

@@ -53,6 +53,10 @@ pub struct Conn {
     /// When the writer last made progress on a write that is still going
     /// on, or `None` while the writer is idle.
     write_progress: Cell<Option<Instant>>,
+    /// True when the buffered output holds a reply the client may be
+    /// waiting for (CONNACK, PUBACK, SUBACK, PINGRESP...), which the
+    /// writer must not hold back to batch it with later deliveries.
+    urgent: Cell<bool>,
 }
 
 impl Conn {
@@ -78,6 +82,7 @@ impl Conn {
             output_limit,
             dropped: Cell::new(0),
             write_progress: Cell::new(None),
+            urgent: Cell::new(false),
         }
     }
 
@@ -92,6 +97,9 @@ impl Conn {
             return false;
         }
         encode(packet, self.protocol, &mut self.output.borrow_mut());
+        if !matches!(packet, Packet::Publish(_)) {
+            self.urgent.set(true);
+        }
         self.wake();
         true
     }
@@ -202,6 +210,17 @@ impl Conn {
         self.output.borrow().is_empty()
     }
 
+    /// Bytes buffered for the socket.
+    pub fn output_len(&self) -> usize {
+        self.output.borrow().len()
+    }
+
+    /// Returns true when the buffered output must leave without delay: it
+    /// holds a reply, or a close was requested.
+    pub fn is_urgent(&self) -> bool {
+        self.urgent.get() || self.close.get().is_some()
+    }
+
     /// The close request, once one was made.
     pub fn close_requested(&self) -> Option<CloseRequest> {
         self.close.get()
@@ -218,12 +237,25 @@ impl Conn {
         } else {
             0
         };
+        self.urgent.set(false);
         std::mem::replace(&mut *output, BytesMut::with_capacity(capacity))
     }
 
     /// Waits until there is output to write or a close was requested.
     pub fn ready(self: &Rc<Self>) -> OutputReady {
-        OutputReady { conn: self.clone() }
+        OutputReady {
+            conn: self.clone(),
+            urgent_only: false,
+        }
+    }
+
+    /// Waits until the output becomes urgent (see [`Conn::is_urgent`]), for
+    /// a writer that holds back deliveries to batch them.
+    pub fn urgent(self: &Rc<Self>) -> OutputReady {
+        OutputReady {
+            conn: self.clone(),
+            urgent_only: true,
+        }
     }
 
     fn wake(&self) {
@@ -233,9 +265,10 @@ impl Conn {
     }
 }
 
-/// Future returned by [`Conn::ready`].
+/// Future returned by [`Conn::ready`] and [`Conn::urgent`].
 pub struct OutputReady {
     conn: Rc<Conn>,
+    urgent_only: bool,
 }
 
 impl Future for OutputReady {
@@ -243,7 +276,12 @@ impl Future for OutputReady {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let conn = &self.conn;
-        if !conn.output.borrow().is_empty() || conn.close.get().is_some() {
+        let ready = if self.urgent_only {
+            conn.is_urgent()
+        } else {
+            !conn.output.borrow().is_empty() || conn.close.get().is_some()
+        };
+        if ready {
             return Poll::Ready(());
         }
         conn.waker.set(Some(cx.waker().clone()));

@@ -42,6 +42,9 @@ pub enum DropPolicy {
     DropNew,
 }
 
+/// Default of [`Limits::write_linger`], in microseconds.
+pub const DEFAULT_WRITE_LINGER_US: u64 = 2000;
+
 /// Per-client limits the broker enforces and announces in CONNACK.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -70,6 +73,9 @@ pub struct Limits {
     /// being dropped (full queue or full output buffer) is disconnected as a
     /// slow consumer.
     pub slow_consumer_timeout: Duration,
+    /// Time a writer holds deliveries to a socket it wrote to less than
+    /// this long ago, to send them in one write; zero writes at once.
+    pub write_linger: Duration,
 }
 
 impl Default for Limits {
@@ -85,6 +91,7 @@ impl Default for Limits {
             max_output_buffer: 8 * 1024 * 1024,
             max_inflight: u16::MAX,
             slow_consumer_timeout: Duration::from_secs(10),
+            write_linger: Duration::from_micros(DEFAULT_WRITE_LINGER_US),
         }
     }
 }

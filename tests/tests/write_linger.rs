@@ -1,0 +1,139 @@
+//! Write batching (`--write-linger-us`): deliveries to a socket that was
+//! written to moments ago wait to leave together, while replies and the
+//! first delivery after a quiet spell leave at once.
+//!
+//! The broker runs with a long linger (100 ms) so that the effects are far
+//! larger than scheduling noise on a loaded machine.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use coremq_tests::packets::publish;
+use coremq_tests::{Broker, Packet, QoS, RawClient, ReasonCode};
+
+const LINGER: Duration = Duration::from_millis(100);
+
+fn start(linger: Duration) -> Broker {
+    let micros = linger.as_micros().to_string();
+    Broker::start(&["--write-linger-us", &micros])
+}
+
+/// Publishes `count` QoS 0 messages on `topic`, `gap` apart, from a thread.
+fn publish_spaced(broker: &Broker, topic: &'static str, count: usize, gap: Duration) {
+    let addr = broker.addr();
+    thread::spawn(move || {
+        let (mut publisher, _) = RawClient::connect_v5(addr, "spaced-pub");
+        for number in 0..count {
+            let payload = number.to_string();
+            publisher.send(&Packet::Publish(publish(
+                topic,
+                QoS::AtMostOnce,
+                0,
+                payload.as_bytes(),
+            )));
+            thread::sleep(gap);
+        }
+        publisher.ping();
+    });
+}
+
+/// Reads `count` PUBLISH packets and returns their arrival times.
+fn arrivals(subscriber: &mut RawClient, count: usize) -> Vec<Instant> {
+    (0..count)
+        .map(|_| {
+            subscriber.expect_publish_within(Duration::from_secs(5));
+            Instant::now()
+        })
+        .collect()
+}
+
+/// Number of groups of arrivals separated by more than `gap`.
+fn bursts(times: &[Instant], gap: Duration) -> usize {
+    1 + times
+        .windows(2)
+        .filter(|pair| pair[1].duration_since(pair[0]) > gap)
+        .count()
+}
+
+#[test]
+fn steady_deliveries_leave_in_batches() {
+    let broker = start(LINGER);
+    let (mut subscriber, _) = RawClient::connect_v5(broker.addr(), "batched-sub");
+    subscriber.subscribe("linger/steady", QoS::AtMostOnce);
+
+    // 40 messages 10 ms apart span 400 ms; held for 100 ms after each
+    // write they arrive in about 4 to 8 groups instead of 40.
+    publish_spaced(&broker, "linger/steady", 40, Duration::from_millis(10));
+    let times = arrivals(&mut subscriber, 40);
+    let groups = bursts(&times, Duration::from_millis(5));
+    assert!(
+        groups <= 12,
+        "40 steady messages arrived in {groups} groups; a 100 ms linger should batch them"
+    );
+}
+
+#[test]
+fn without_linger_each_delivery_leaves_alone() {
+    let broker = start(Duration::ZERO);
+    let (mut subscriber, _) = RawClient::connect_v5(broker.addr(), "unbatched-sub");
+    subscriber.subscribe("linger/off", QoS::AtMostOnce);
+
+    publish_spaced(&broker, "linger/off", 40, Duration::from_millis(10));
+    let times = arrivals(&mut subscriber, 40);
+    let groups = bursts(&times, Duration::from_millis(5));
+    assert!(
+        groups >= 25,
+        "with --write-linger-us 0, 40 messages 10 ms apart arrived in only {groups} groups"
+    );
+}
+
+#[test]
+fn first_delivery_after_quiet_spell_is_not_held() {
+    let broker = start(LINGER);
+    let (mut subscriber, _) = RawClient::connect_v5(broker.addr(), "quiet-sub");
+    subscriber.subscribe("linger/quiet", QoS::AtMostOnce);
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "quiet-pub");
+
+    for round in 0..5 {
+        // Longer than the linger since the last write to this socket.
+        thread::sleep(LINGER + Duration::from_millis(50));
+        let sent = Instant::now();
+        publisher.send(&Packet::Publish(publish(
+            "linger/quiet",
+            QoS::AtMostOnce,
+            0,
+            b"ping",
+        )));
+        subscriber.expect_publish_within(Duration::from_secs(5));
+        let waited = sent.elapsed();
+        assert!(
+            waited < LINGER / 2,
+            "round {round}: a delivery to a quiet socket took {waited:?}; it was held"
+        );
+    }
+}
+
+#[test]
+fn acknowledgements_are_never_held() {
+    let broker = start(LINGER);
+    let (mut subscriber, _) = RawClient::connect_v5(broker.addr(), "acks-sub");
+    subscriber.subscribe("linger/acks", QoS::AtLeastOnce);
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "acks-pub");
+
+    // Each PUBLISH waits for its PUBACK. Held replies would cost about
+    // 100 ms each, 3 s in all.
+    let started = Instant::now();
+    for packet_id in 1..=30u16 {
+        let reason = publisher.publish(publish("linger/acks", QoS::AtLeastOnce, packet_id, b"x"));
+        assert_eq!(reason, ReasonCode::SUCCESS);
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "30 QoS 1 round trips took {elapsed:?}; PUBACKs were held back"
+    );
+    assert_eq!(
+        subscriber.drain_publishes(Duration::from_millis(500)).len(),
+        30
+    );
+}
