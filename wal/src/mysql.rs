@@ -228,7 +228,7 @@ impl MysqlStore {
                 "CREATE TABLE IF NOT EXISTS {appenders} (
                     appender VARBINARY(64) NOT NULL PRIMARY KEY,
                     last_sequence BIGINT UNSIGNED NOT NULL,
-                    last_ranges BLOB NOT NULL,
+                    last_ranges LONGBLOB NOT NULL,
                     updated_at BIGINT UNSIGNED NOT NULL,
                     KEY updated_at (updated_at)
                 ) ENGINE=InnoDB"
@@ -412,18 +412,23 @@ impl MysqlStore {
         // row after a week without commits.
         let record_append = format!(
             "INSERT INTO {} (appender, last_sequence, last_ranges, updated_at) \
-             VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE last_sequence = VALUES(last_sequence), \
-             last_ranges = VALUES(last_ranges), updated_at = VALUES(updated_at)",
+             VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE last_sequence = ?, last_ranges = ?, updated_at = ?",
             self.tables.appenders
         );
+        let encoded_ranges = encode_ranges(&ranges);
+        let now = crate::unix_time_ms();
         transaction
             .exec_drop(
                 &record_append,
                 (
                     self.appender.as_bytes(),
                     sequence,
-                    encode_ranges(&ranges),
-                    crate::unix_time_ms(),
+                    encoded_ranges.as_slice(),
+                    now,
+                    sequence,
+                    encoded_ranges.as_slice(),
+                    now,
                 ),
             )
             .map_err(not_committed)?;
@@ -831,6 +836,29 @@ mod tests {
             matches!(stale, Err(StoreError::Corrupt { .. })),
             "{stale:?}"
         );
+    }
+
+    #[test]
+    fn full_group_of_batches_recorded() {
+        let store = open_test_store();
+        let single = [message("a")];
+        let queues: Vec<String> = (0..crate::DEFAULT_MAX_GROUP_MESSAGES)
+            .map(|index| format!("q{}", index % 4))
+            .collect();
+        let batches: Vec<QueueBatch<'_>> = queues
+            .iter()
+            .map(|queue| QueueBatch {
+                queue,
+                messages: &single,
+            })
+            .collect();
+        let ranges = store.append_once(&batches, 1);
+        let repeated = store.append_once(&batches, 1);
+        store.drop_tables().expect("drop test tables");
+
+        let ranges = ranges.expect("append one group of single-message batches");
+        assert_eq!(ranges.len(), crate::DEFAULT_MAX_GROUP_MESSAGES);
+        assert_eq!(repeated.expect("repeated attempt"), ranges);
     }
 
     #[test]
