@@ -2,7 +2,10 @@
 # Measures persistent QoS 1 delivery: CoreMQ on RocksDB with fsync group
 # commit, CoreMQ on RocksDB without fsync, CoreMQ in memory, and Mosquitto
 # with `persistence true`. Each broker runs alone, pinned to CPU 0, with the
-# bench on CPU 1. Besides the bench's figures it reads the broker's
+# bench on CPU 1. Beside publish-to-delivery latency, each summary line
+# shows the publish-to-PUBACK p99. For CoreMQ on RocksDB that includes the
+# log write, and its fsync with `--durability fsync`. Besides the bench's
+# figures it reads the broker's
 # /proc/PID/io write_bytes before and after the run, for disk bytes written
 # per delivered message.
 #
@@ -62,11 +65,15 @@ report = json.load(open(path))
 sent = report["sent"]["msgs"] or 1
 delivered = report["delivered"]
 latency = report.get("latency") or {}
+ack = report.get("ack_latency")
+if ack is None:
+    sys.exit(f"no ack_latency in {path}: this coremq-bench does not time acks; rebuild it")
 broker = report.get("broker_process") or {}
 print(
     f"{name:16} delivered/s {delivered['msgs_per_sec']:>10,.0f}"
     f"  p50 {latency.get('p50_us', 0) / 1000:7.2f} ms"
     f"  p99 {latency.get('p99_us', 0) / 1000:7.2f} ms"
+    f"  PUBACK p99 {ack['p99_us'] / 1000:7.2f} ms"
     f"  CPU-s/M {broker.get('cpu_secs_per_million_delivered') or 0:7.2f}"
     f"  disk bytes/msg (all run) {(after - before) / sent:8.1f}"
 )

@@ -350,7 +350,7 @@ next_connection_delay_ms = 1
 /// to the first broker's.
 pub fn ratio_table(reports: &[Report]) -> String {
     type Metric = (&'static str, fn(&Report) -> Option<f64>, fn(f64) -> String);
-    let metrics: [Metric; 11] = [
+    let metrics: [Metric; 13] = [
         (
             "sent msg/s",
             |r| Some(r.sent.msgs_per_sec).filter(|v| *v > 0.0),
@@ -359,6 +359,11 @@ pub fn ratio_table(reports: &[Report]) -> String {
         (
             "delivered msg/s",
             |r| Some(r.delivered.msgs_per_sec).filter(|v| *v > 0.0),
+            format_count,
+        ),
+        (
+            "acked msg/s",
+            |r| r.acked.as_ref().map(|a| a.msgs_per_sec),
             format_count,
         ),
         (
@@ -374,6 +379,11 @@ pub fn ratio_table(reports: &[Report]) -> String {
         (
             "latency p99.9",
             |r| r.latency.as_ref().map(|l| l.p999_us),
+            micros_text,
+        ),
+        (
+            "ack latency p99",
+            |r| r.ack_latency.as_ref().map(|l| l.p99_us),
             micros_text,
         ),
         (

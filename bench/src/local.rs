@@ -28,6 +28,11 @@ pub struct Local {
     pub executor: usize,
     /// Latencies measured by this executor's tasks, in nanoseconds.
     pub latency: RefCell<Histogram<u64>>,
+    /// Publish to PUBACK (QoS 1) or PUBREC (QoS 2) of this executor's
+    /// publishers, in nanoseconds.
+    pub ack_latency: RefCell<Histogram<u64>>,
+    /// Publish to PUBCOMP of this executor's QoS 2 publishers, in nanoseconds.
+    pub complete_latency: RefCell<Histogram<u64>>,
     errors: RefCell<Vec<String>>,
     /// Bounds the connections opened at the same time during setup.
     pub setup_slots: Semaphore,
@@ -54,6 +59,8 @@ impl Local {
             control,
             executor,
             latency: RefCell::new(new_histogram()),
+            ack_latency: RefCell::new(new_histogram()),
+            complete_latency: RefCell::new(new_histogram()),
             errors: RefCell::new(Vec::new()),
             setup_slots: Semaphore::new(setup_concurrency.max(1)),
             start_gate: Semaphore::new(0),
@@ -123,9 +130,11 @@ impl Local {
         let _ = self.stop_gate.acquire(1).await;
     }
 
-    /// Moves the latency histogram and kept errors into `output`.
+    /// Moves the latency histograms and kept errors into `output`.
     pub fn finish(&self, mut output: ExecutorOutput) -> ExecutorOutput {
         output.latency = self.latency.replace(new_histogram());
+        output.ack_latency = self.ack_latency.replace(new_histogram());
+        output.complete_latency = self.complete_latency.replace(new_histogram());
         output.errors = self.errors.take();
         output
     }

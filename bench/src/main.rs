@@ -115,20 +115,21 @@ fn write_outputs(
         })?;
     }
     if let Some(path) = plot {
-        let series: Vec<_> = reports
-            .iter()
-            .filter_map(|report| {
-                let latency = report.latency.as_ref()?;
-                let name = report
-                    .broker
-                    .clone()
-                    .unwrap_or_else(|| report.scenario.clone());
-                Some((
+        let mut series = Vec::new();
+        for report in reports {
+            let name = report.broker.as_deref().unwrap_or(&report.scenario);
+            let latencies = [
+                &report.latency,
+                &report.ack_latency,
+                &report.complete_latency,
+            ];
+            for latency in latencies.into_iter().flatten() {
+                series.push((
                     format!("{name} ({})", latency.measures),
                     latency.curve.clone(),
-                ))
-            })
-            .collect();
+                ));
+            }
+        }
         if series.is_empty() {
             tracing::warn!("--plot skipped: this scenario measures no latency");
         } else {

@@ -5,12 +5,14 @@
 //! round-robin to the executors; every connection is one task that owns its
 //! socket and buffers.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use coremq_codec::{Packet, PacketId, QoS};
 use futures_lite::future;
+use hdrhistogram::Histogram;
 
 use crate::error::BenchError;
 use crate::local::Local;
@@ -206,10 +208,15 @@ async fn run_executor(
     local.start_when_ready(tasks).await;
 
     let mut output = ExecutorOutput::default();
+    let mut unacked = 0;
     for task in publisher_tasks {
-        if let Some(published) = task.await {
-            output.published.push(published);
+        if let Some(result) = task.await {
+            output.published.push((result.id, result.sent));
+            unacked += result.unacked;
         }
+    }
+    if unacked > 0 {
+        output.extra.push(("unacked_msgs", unacked));
     }
     for task in subscriber_tasks {
         if let Some(partial) = task.await {
@@ -391,49 +398,115 @@ async fn send_ping_if_due(client: &mut Client, last_write_ns: &mut u64) -> Resul
     Ok(())
 }
 
-/// Packet ids of QoS 1/2 publishes awaiting their final ack.
-struct InflightIds {
-    in_use: Vec<u64>,
+/// Stage of a QoS 1/2 publish in its acknowledgement flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AckState {
+    /// The packet id is free.
+    Free,
+    /// Sent and waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    AwaitingAck,
+    /// PUBREC arrived and PUBREL went out, so PUBCOMP is awaited.
+    AwaitingComplete,
+}
+
+/// QoS 1/2 publishes awaiting their acks, with the send time of each.
+///
+/// Packet ids come from `1..=window` and the oldest freed id is reused
+/// first, so finding an ack's send time is one array lookup by packet id and
+/// nothing is allocated per message.
+struct Inflight {
+    /// Free packet ids, oldest freed first. It never exceeds the window, so
+    /// it never reallocates.
+    free: VecDeque<PacketId>,
+    /// Send time in [`now_ns`] of the publish using each packet id; index 0
+    /// is unused because 0 is no valid packet id.
+    sent_ns: Vec<u64>,
+    states: Vec<AckState>,
+    /// Packet ids not free.
     count: u32,
 }
 
-impl InflightIds {
-    fn new() -> Self {
-        InflightIds {
-            in_use: vec![0; 1024],
+impl Inflight {
+    /// Creates the state of a window of `window` publishes, at least 1.
+    fn new(window: u16) -> Self {
+        let window = window.max(1);
+        Inflight {
+            free: (1..=window).collect(),
+            sent_ns: vec![0; usize::from(window) + 1],
+            states: vec![AckState::Free; usize::from(window) + 1],
             count: 0,
         }
     }
 
-    /// Takes the next free packet id. The caller keeps `count` below 65535,
-    /// so a free id exists.
-    fn take(&mut self, client: &mut Client) -> PacketId {
-        loop {
-            let id = client.allocate_packet_id();
-            let (word, bit) = (id as usize / 64, id % 64);
-            if self.in_use[word] & (1 << bit) == 0 {
-                self.in_use[word] |= 1 << bit;
-                self.count += 1;
-                return id;
-            }
-        }
+    /// Takes a free packet id for a publish sent at `sent_ns`. The caller
+    /// keeps `count` below the window, so a free id exists.
+    fn take(&mut self, sent_ns: u64) -> PacketId {
+        let id = self
+            .free
+            .pop_front()
+            .expect("the caller keeps count below the window");
+        self.sent_ns[usize::from(id)] = sent_ns;
+        self.states[usize::from(id)] = AckState::AwaitingAck;
+        self.count += 1;
+        id
     }
 
-    /// Releases `id`; an id that was not in flight is ignored.
-    fn release(&mut self, id: PacketId) {
-        let (word, bit) = (id as usize / 64, id % 64);
-        if self.in_use[word] & (1 << bit) != 0 {
-            self.in_use[word] &= !(1 << bit);
+    /// Returns the state of `id`. An id outside the window counts as free.
+    fn state(&self, id: PacketId) -> AckState {
+        self.states
+            .get(usize::from(id))
+            .copied()
+            .unwrap_or(AckState::Free)
+    }
+
+    /// Moves `id` from state `from` to `to`, freeing it when `to` is
+    /// [`AckState::Free`], and returns the send time of its publish. Returns
+    /// `None` and changes nothing when `id` is not in state `from`, as for a
+    /// repeated ack.
+    fn advance(&mut self, id: PacketId, from: AckState, to: AckState) -> Option<u64> {
+        if from == AckState::Free || self.state(id) != from {
+            return None;
+        }
+        let slot = usize::from(id);
+        self.states[slot] = to;
+        if to == AckState::Free {
+            self.free.push_back(id);
             self.count -= 1;
         }
+        Some(self.sent_ns[slot])
     }
+}
+
+/// Acks decoded from one read, added to the executor's counters at once.
+#[derive(Default)]
+struct AckTally {
+    acked: u64,
+    completed: u64,
+    rejected: u64,
+}
+
+/// Records the time from `sent_ns` to `now` in `histogram` when the publish
+/// was sent in the measurement window.
+fn record_since(histogram: &mut Histogram<u64>, timeline: Timeline, sent_ns: u64, now: u64) {
+    if timeline.measures(sent_ns) {
+        histogram.saturating_record(now.saturating_sub(sent_ns).max(1));
+    }
+}
+
+/// Counts of one publisher at the end of the run.
+struct PublisherResult {
+    id: u32,
+    /// Messages sent, which is also the next sequence number.
+    sent: u64,
+    /// QoS 1/2 publishes still waiting for their final ack when it stopped.
+    unacked: u64,
 }
 
 async fn publisher_task(
     local: Rc<Local>,
     spec: PublisherSpec,
     connection_index: usize,
-) -> Option<(u32, u64)> {
+) -> Option<PublisherResult> {
     let opened = {
         let _slot = local
             .setup_slots
@@ -470,7 +543,11 @@ async fn publisher_task(
             local.record_error(&format!("publisher {}", spec.id), &err);
         }
     }
-    let sent = publisher.seq;
+    let result = PublisherResult {
+        id: spec.id,
+        sent: publisher.seq,
+        unacked: u64::from(publisher.inflight.count),
+    };
 
     // Stay connected until subscribers have drained, so that the broker does
     // not see the publisher leave while its messages are still in flight.
@@ -479,7 +556,7 @@ async fn publisher_task(
     }
     Counters::sub(&local.counters().connections, 1);
     client.disconnect().await;
-    Some((spec.id, sent))
+    Some(result)
 }
 
 /// Send loop of one publisher.
@@ -491,7 +568,7 @@ struct Publisher<'a> {
     qos: QoS,
     rate: u64,
     window: u32,
-    inflight: InflightIds,
+    inflight: Inflight,
     /// Sequence number of the next message, so also the number sent.
     seq: u64,
     last_write_ns: u64,
@@ -500,6 +577,7 @@ struct Publisher<'a> {
 impl<'a> Publisher<'a> {
     fn new(local: &'a Local, client: &Client, spec: &PublisherSpec, timeline: Timeline) -> Self {
         let config = &local.config;
+        let window = config.inflight.min(client.receive_maximum).max(1);
         Publisher {
             local,
             id: spec.id,
@@ -513,8 +591,8 @@ impl<'a> Publisher<'a> {
             timeline,
             qos: config.qos,
             rate: config.rate,
-            window: u32::from(config.inflight.min(client.receive_maximum)),
-            inflight: InflightIds::new(),
+            window: u32::from(window),
+            inflight: Inflight::new(window),
             seq: 0,
             last_write_ns: now_ns(),
         }
@@ -558,7 +636,7 @@ impl<'a> Publisher<'a> {
 
     async fn send(&mut self, client: &mut Client, count: u64, now: u64) -> Result<(), BenchError> {
         for _ in 0..count {
-            let packet_id = (self.qos != QoS::AtMostOnce).then(|| self.inflight.take(client));
+            let packet_id = (self.qos != QoS::AtMostOnce).then(|| self.inflight.take(now));
             let header = Header {
                 publisher: self.id,
                 seq: self.seq,
@@ -635,28 +713,78 @@ impl<'a> Publisher<'a> {
     }
 
     async fn handle_acks(&mut self, client: &mut Client) -> Result<(), BenchError> {
+        self.take_acks(client)?;
+        if !client.tx.is_empty() {
+            client.flush().await?;
+            self.last_write_ns = now_ns();
+        }
+        Ok(())
+    }
+
+    /// Decodes every whole packet in the read buffer, records the latency of
+    /// each first ack and PUBCOMP, and queues a PUBREL for each PUBREC.
+    fn take_acks(&mut self, client: &mut Client) -> Result<(), BenchError> {
+        use AckState::{AwaitingAck, AwaitingComplete, Free};
+
+        // One timestamp per read: every ack in the buffer arrived by then.
+        let now = now_ns();
+        let timeline = self.timeline;
+        let mut tally = AckTally::default();
+        let mut ack_latency = self.local.ack_latency.borrow_mut();
+        let mut complete_latency = self.local.complete_latency.borrow_mut();
         while let Some(packet) = client.next_packet()? {
             match packet {
                 Packet::PubAck(ack) if self.qos == QoS::AtLeastOnce => {
-                    self.inflight.release(ack.packet_id)
+                    let Some(sent_ns) = self.inflight.advance(ack.packet_id, AwaitingAck, Free)
+                    else {
+                        continue;
+                    };
+                    if ack.reason.is_error() {
+                        tally.rejected += 1;
+                    } else {
+                        tally.acked += 1;
+                        record_since(&mut ack_latency, timeline, sent_ns, now);
+                    }
                 }
                 Packet::PubRec(rec) if self.qos == QoS::ExactlyOnce => {
+                    let id = rec.packet_id;
                     if rec.reason.is_error() {
-                        self.inflight.release(rec.packet_id);
-                    } else {
-                        client.queue_response(Packet::PubRel, rec.packet_id);
+                        // A PUBREC with an error reason code ends the exchange.
+                        if self.inflight.advance(id, AwaitingAck, Free).is_some() {
+                            tally.rejected += 1;
+                        }
+                        continue;
+                    }
+                    if let Some(sent_ns) = self.inflight.advance(id, AwaitingAck, AwaitingComplete)
+                    {
+                        tally.acked += 1;
+                        record_since(&mut ack_latency, timeline, sent_ns, now);
+                    }
+                    // A repeated PUBREC gets its PUBREL again.
+                    if self.inflight.state(id) == AwaitingComplete {
+                        client.queue_response(Packet::PubRel, id);
                     }
                 }
                 Packet::PubComp(comp) if self.qos == QoS::ExactlyOnce => {
-                    self.inflight.release(comp.packet_id)
+                    let id = comp.packet_id;
+                    if let Some(sent_ns) = self.inflight.advance(id, AwaitingComplete, Free) {
+                        tally.completed += 1;
+                        record_since(&mut complete_latency, timeline, sent_ns, now);
+                    }
                 }
                 Packet::PingResp => {}
                 other => return Err(BenchError::UnexpectedPacket(other.name())),
             }
         }
-        if !client.tx.is_empty() {
-            client.flush().await?;
-            self.last_write_ns = now_ns();
+        let counters = self.local.counters();
+        for (counter, value) in [
+            (&counters.acked_msgs, tally.acked),
+            (&counters.completed_msgs, tally.completed),
+            (&counters.rejected_msgs, tally.rejected),
+        ] {
+            if value > 0 {
+                Counters::add(counter, value);
+            }
         }
         Ok(())
     }
@@ -712,6 +840,98 @@ mod tests {
         let plan = Plan::p2p("r", 2);
         assert_eq!(plan.subscribers[1].filter, plan.publishers[1].topic);
         assert_eq!(plan.subscribers[1].expected_from, Some(vec![1]));
+    }
+
+    #[test]
+    fn inflight_reuses_oldest_freed_id() {
+        let mut inflight = Inflight::new(3);
+        assert_eq!(inflight.take(10), 1);
+        assert_eq!(inflight.take(20), 2);
+        assert_eq!(inflight.take(30), 3);
+        assert_eq!(inflight.count, 3);
+        assert_eq!(
+            inflight.advance(2, AckState::AwaitingAck, AckState::Free),
+            Some(20)
+        );
+        assert_eq!(inflight.count, 2);
+        assert_eq!(
+            inflight.advance(1, AckState::AwaitingAck, AckState::Free),
+            Some(10)
+        );
+        assert_eq!(inflight.take(40), 2);
+        assert_eq!(inflight.take(50), 1);
+        assert_eq!(inflight.count, 3);
+    }
+
+    #[test]
+    fn inflight_ignores_repeated_ack() {
+        let mut inflight = Inflight::new(2);
+        let id = inflight.take(7);
+        assert_eq!(
+            inflight.advance(id, AckState::AwaitingAck, AckState::Free),
+            Some(7)
+        );
+        assert_eq!(
+            inflight.advance(id, AckState::AwaitingAck, AckState::Free),
+            None
+        );
+        assert_eq!(inflight.count, 0);
+        assert_eq!(inflight.free.len(), 2, "a repeated ack frees no id twice");
+    }
+
+    #[test]
+    fn inflight_ignores_unknown_ids() {
+        let mut inflight = Inflight::new(2);
+        inflight.take(7);
+        for id in [0, 2, 3, u16::MAX] {
+            assert_eq!(inflight.state(id), AckState::Free, "id {id}");
+            assert_eq!(
+                inflight.advance(id, AckState::AwaitingAck, AckState::Free),
+                None,
+                "id {id}"
+            );
+        }
+        assert_eq!(inflight.count, 1);
+    }
+
+    #[test]
+    fn inflight_qos2_flow() {
+        let mut inflight = Inflight::new(1);
+        let id = inflight.take(5);
+        assert_eq!(
+            inflight.advance(id, AckState::AwaitingComplete, AckState::Free),
+            None,
+            "PUBCOMP before PUBREC"
+        );
+        assert_eq!(
+            inflight.advance(id, AckState::AwaitingAck, AckState::AwaitingComplete),
+            Some(5)
+        );
+        assert_eq!(inflight.state(id), AckState::AwaitingComplete);
+        assert_eq!(inflight.count, 1, "the id stays taken until PUBCOMP");
+        assert_eq!(
+            inflight.advance(id, AckState::AwaitingComplete, AckState::Free),
+            Some(5)
+        );
+        assert_eq!(inflight.count, 0);
+    }
+
+    #[test]
+    fn record_since_only_in_window() {
+        let timeline = Timeline {
+            start_ns: 0,
+            warm_end_ns: 100,
+            measure_end_ns: 200,
+        };
+        let mut histogram = crate::stats::new_histogram();
+        record_since(&mut histogram, timeline, 50, 1_000);
+        record_since(&mut histogram, timeline, 200, 1_000);
+        assert_eq!(histogram.len(), 0, "sent outside the window");
+        record_since(&mut histogram, timeline, 150, 1_000);
+        record_since(&mut histogram, timeline, 199, 199);
+        assert_eq!(histogram.len(), 2);
+        assert_eq!(histogram.max(), 850);
+        assert_eq!(histogram.min(), 1, "a zero interval is recorded as 1 ns");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct LatencyReport {
     /// Operation timed, such as "publish to delivery".
     pub measures: String,
     pub samples: u64,
+    /// Smallest sample, or 0 without samples.
+    pub min_us: f64,
     pub mean_us: f64,
     pub p50_us: f64,
     pub p90_us: f64,
@@ -60,6 +62,11 @@ impl LatencyReport {
         LatencyReport {
             measures: measures.to_string(),
             samples: histogram.len(),
+            min_us: if histogram.is_empty() {
+                0.0
+            } else {
+                us(histogram.min())
+            },
             mean_us: histogram.mean() / 1000.0,
             p50_us: us(histogram.value_at_quantile(0.5)),
             p90_us: us(histogram.value_at_quantile(0.9)),
@@ -142,7 +149,16 @@ pub struct Report {
     pub planned_connections: u64,
     pub sent: Throughput,
     pub delivered: Throughput,
+    /// Publishes accepted with a PUBACK (QoS 1) or PUBREC (QoS 2) in the
+    /// window. `None` at QoS 0 and in scenarios without publishers.
+    pub acked: Option<Throughput>,
     pub latency: Option<LatencyReport>,
+    /// Publish to PUBACK (QoS 1) or PUBREC (QoS 2) of the publishes sent in
+    /// the window, including acks that arrived after it. `None` where
+    /// `acked` is `None`.
+    pub ack_latency: Option<LatencyReport>,
+    /// Publish to PUBCOMP of the publishes sent in the window, at QoS 2 only.
+    pub complete_latency: Option<LatencyReport>,
     pub loss: Option<LossReport>,
     pub broker_process: Option<BrokerReport>,
     pub bench_process: BenchReport,
@@ -165,6 +181,9 @@ pub struct ReportInput<'a> {
     pub latency_measures: Option<&'a str>,
     /// Whether loss tracking applies (pub/sub scenarios).
     pub tracks_loss: bool,
+    /// Whether the scenario's publishers time their QoS 1/2 acks (pub/sub
+    /// scenarios).
+    pub times_acks: bool,
     /// Whether any connection error fails the run. Connection and idle
     /// storms report errors as a result instead.
     pub errors_fail_run: bool,
@@ -188,6 +207,16 @@ impl Report {
             msgs_per_sec: delivered_msgs as f64 / window_secs,
             bytes_per_sec: (end.delivered_bytes - start.delivered_bytes) as f64 / window_secs,
         };
+        let times_acks = input.times_acks && config.qos != QoS::AtMostOnce;
+        let acked = times_acks.then(|| {
+            let acked_msgs = end.acked_msgs - start.acked_msgs;
+            Throughput {
+                msgs: acked_msgs,
+                msgs_per_sec: acked_msgs as f64 / window_secs,
+                bytes_per_sec: (acked_msgs * config.payload as u64) as f64 / window_secs,
+            }
+        });
+        let (ack_latency, complete_latency) = ack_latency_reports(config.qos, times_acks, outcome);
 
         let broker_process = match (config.broker_pid, outcome.broker) {
             (Some(pid), Some((first, last))) => {
@@ -226,6 +255,10 @@ impl Report {
             figures.insert("rounds".into(), rounds as f64);
             figures.insert("rounds_per_sec".into(), rounds as f64 / window_secs);
         }
+        let rejected = end.rejected_msgs - start.rejected_msgs;
+        if rejected > 0 {
+            figures.insert("rejected_msgs".into(), rejected as f64);
+        }
         if outcome.setup_failures > 0 {
             figures.insert("setup_failures".into(), outcome.setup_failures as f64);
         }
@@ -247,6 +280,9 @@ impl Report {
             planned_connections: input.planned_connections,
             sent,
             delivered,
+            acked,
+            ack_latency,
+            complete_latency,
             latency: input
                 .latency_measures
                 .map(|measures| LatencyReport::from_histogram(measures, &outcome.latency)),
@@ -278,7 +314,7 @@ impl Report {
         self.traffic_rows(&mut rows);
         self.process_rows(&mut rows);
         for (name, value) in rows {
-            let _ = writeln!(out, "  {name:<30} {value}");
+            let _ = writeln!(out, "  {name:<32} {value}");
         }
         for error in &self.errors {
             let _ = writeln!(out, "    {error}");
@@ -320,23 +356,18 @@ impl Report {
             rows.push(("sent".into(), throughput_text(&self.sent)));
             rows.push(("delivered".into(), throughput_text(&self.delivered)));
         }
+        if let Some(acked) = &self.acked {
+            rows.push(("acked".into(), throughput_text(acked)));
+        }
 
         if let Some(latency) = &self.latency {
-            let name = format!("latency ({})", latency.measures);
-            if latency.samples == 0 {
-                rows.push((name, "no samples".into()));
-            } else {
-                let value = format!(
-                    "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
-                    micros_text(latency.p50_us),
-                    micros_text(latency.p90_us),
-                    micros_text(latency.p99_us),
-                    micros_text(latency.p999_us),
-                    micros_text(latency.max_us),
-                    format_count(latency.samples as f64)
-                );
-                rows.push((name, value));
-            }
+            rows.push(latency_row("latency", latency));
+        }
+        for latency in [&self.ack_latency, &self.complete_latency]
+            .into_iter()
+            .flatten()
+        {
+            rows.push(latency_row("ack latency", latency));
         }
 
         if let Some(loss) = &self.loss {
@@ -431,6 +462,56 @@ impl Report {
     }
 }
 
+/// Builds the publish-to-ack reports: PUBACK at QoS 1, PUBREC and PUBCOMP
+/// at QoS 2, none at QoS 0 or when the scenario does not time acks.
+fn ack_latency_reports(
+    qos: QoS,
+    times_acks: bool,
+    outcome: &RunOutcome,
+) -> (Option<LatencyReport>, Option<LatencyReport>) {
+    if !times_acks {
+        return (None, None);
+    }
+    match qos {
+        QoS::AtMostOnce => (None, None),
+        QoS::AtLeastOnce => (
+            Some(LatencyReport::from_histogram(
+                "publish to PUBACK",
+                &outcome.ack_latency,
+            )),
+            None,
+        ),
+        QoS::ExactlyOnce => (
+            Some(LatencyReport::from_histogram(
+                "publish to PUBREC",
+                &outcome.ack_latency,
+            )),
+            Some(LatencyReport::from_histogram(
+                "publish to PUBCOMP",
+                &outcome.complete_latency,
+            )),
+        ),
+    }
+}
+
+/// Formats one latency row of the table, named `kind (measures)`.
+fn latency_row(kind: &str, latency: &LatencyReport) -> (String, String) {
+    let name = format!("{kind} ({})", latency.measures);
+    if latency.samples == 0 {
+        return (name, "no samples".into());
+    }
+    let value = format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
+        micros_text(latency.p50_us),
+        micros_text(latency.p90_us),
+        micros_text(latency.p99_us),
+        micros_text(latency.p999_us),
+        micros_text(latency.max_us),
+        format_count(latency.samples as f64)
+    );
+    (name, value)
+}
+
 fn loss_report(subscribers: &[SubscriberSummary]) -> LossReport {
     let mut loss = LossReport::default();
     for summary in subscribers {
@@ -513,8 +594,95 @@ mod tests {
         assert!((report.p50_us - 500.0).abs() < 1.0, "{}", report.p50_us);
         assert!((report.p99_us - 990.0).abs() < 1.0, "{}", report.p99_us);
         assert!((report.max_us - 1000.0).abs() < 1.0, "{}", report.max_us);
+        assert!((report.min_us - 1.0).abs() < 0.01, "{}", report.min_us);
         assert_eq!(report.curve.first().unwrap().percentile, 0.0);
         assert_eq!(report.curve.last().unwrap().percentile, 100.0);
+    }
+
+    #[test]
+    fn latency_min_of_empty_histogram() {
+        let report = LatencyReport::from_histogram("x", &new_histogram());
+        assert_eq!(report.samples, 0);
+        assert_eq!(report.min_us, 0.0);
+    }
+
+    fn outcome_with_acks(ack_ns: u64, complete_ns: u64) -> RunOutcome {
+        let mut ack_latency = new_histogram();
+        ack_latency.record(ack_ns).unwrap();
+        let mut complete_latency = new_histogram();
+        complete_latency.record(complete_ns).unwrap();
+        RunOutcome {
+            timeline: crate::run::Timeline::default(),
+            window: Default::default(),
+            final_totals: Default::default(),
+            latency: new_histogram(),
+            ack_latency,
+            complete_latency,
+            subscribers: Vec::new(),
+            extra: Vec::new(),
+            errors: Vec::new(),
+            broker: None,
+            broker_max_rss: 0,
+            bench_cpu_secs: 0.0,
+            setup_failures: 0,
+        }
+    }
+
+    #[test]
+    fn ack_reports_follow_qos() {
+        let outcome = outcome_with_acks(2_000, 5_000);
+
+        let (ack, complete) = ack_latency_reports(QoS::AtMostOnce, true, &outcome);
+        assert!(ack.is_none());
+        assert!(complete.is_none());
+
+        let (ack, complete) = ack_latency_reports(QoS::AtLeastOnce, true, &outcome);
+        let ack = ack.expect("QoS 1 has an ack latency");
+        assert_eq!(ack.measures, "publish to PUBACK");
+        assert_eq!(ack.samples, 1);
+        assert!((ack.max_us - 2.0).abs() < 0.01, "{}", ack.max_us);
+        assert!(complete.is_none());
+
+        let (ack, complete) = ack_latency_reports(QoS::ExactlyOnce, true, &outcome);
+        assert_eq!(ack.expect("QoS 2 has PUBREC").measures, "publish to PUBREC");
+        let complete = complete.expect("QoS 2 has PUBCOMP");
+        assert_eq!(complete.measures, "publish to PUBCOMP");
+        assert!((complete.max_us - 5.0).abs() < 0.01, "{}", complete.max_us);
+
+        let (ack, complete) = ack_latency_reports(QoS::ExactlyOnce, false, &outcome);
+        assert!(ack.is_none(), "scenarios without publishers time no acks");
+        assert!(complete.is_none());
+    }
+
+    #[test]
+    fn text_shows_ack_rows() {
+        let outcome = outcome_with_acks(2_000_000, 3_000_000);
+        let (ack_latency, complete_latency) = ack_latency_reports(QoS::ExactlyOnce, true, &outcome);
+        let report = Report {
+            qos: 2,
+            acked: Some(Throughput {
+                msgs: 1,
+                msgs_per_sec: 1.0,
+                bytes_per_sec: 64.0,
+            }),
+            ack_latency,
+            complete_latency,
+            ..Default::default()
+        };
+        let text = report.to_text();
+        assert!(text.contains("  acked  "), "{text}");
+        assert!(text.contains("ack latency (publish to PUBREC)"), "{text}");
+        assert!(text.contains("ack latency (publish to PUBCOMP)"), "{text}");
+        assert!(text.contains("max 2.00 ms"), "{text}");
+        assert!(text.contains("max 3.00 ms"), "{text}");
+    }
+
+    #[test]
+    fn text_hides_ack_rows_at_qos0() {
+        let report = Report::default();
+        let text = report.to_text();
+        assert!(!text.contains("acked"), "{text}");
+        assert!(!text.contains("ack latency"), "{text}");
     }
 
     #[test]

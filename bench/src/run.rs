@@ -292,6 +292,12 @@ impl Control {
 pub struct ExecutorOutput {
     /// Latencies measured on this executor, in nanoseconds.
     pub latency: Histogram<u64>,
+    /// Publish to PUBACK or PUBREC of messages sent in the measurement
+    /// window, in nanoseconds.
+    pub ack_latency: Histogram<u64>,
+    /// Publish to PUBCOMP of QoS 2 messages sent in the measurement window,
+    /// in nanoseconds.
+    pub complete_latency: Histogram<u64>,
     /// Messages each publisher sent over the whole run, by publisher id.
     pub published: Vec<(u32, u64)>,
     /// Sequence tracking of each subscriber, not yet compared with `published`.
@@ -306,6 +312,8 @@ impl Default for ExecutorOutput {
     fn default() -> Self {
         ExecutorOutput {
             latency: new_histogram(),
+            ack_latency: new_histogram(),
+            complete_latency: new_histogram(),
             published: Vec::new(),
             subscribers: Vec::new(),
             extra: Vec::new(),
@@ -336,6 +344,10 @@ pub struct RunOutcome {
     pub window: (Totals, Totals),
     pub final_totals: Totals,
     pub latency: Histogram<u64>,
+    /// Publish to PUBACK or PUBREC, merged over the executors.
+    pub ack_latency: Histogram<u64>,
+    /// Publish to PUBCOMP, merged over the executors.
+    pub complete_latency: Histogram<u64>,
     pub subscribers: Vec<SubscriberSummary>,
     pub extra: Vec<(&'static str, u64)>,
     pub errors: Vec<String>,
@@ -525,15 +537,17 @@ fn sleep_until(
     }
 }
 
+/// Waits until deliveries and acks have stopped arriving for
+/// [`DRAIN_QUIET`], or until `--drain` has passed.
 fn drain(config: &RunConfig, control: &Control, progress: &mut Progress) {
     let deadline = Instant::now() + config.drain;
-    let mut delivered = totals(&control.counters).delivered_msgs;
+    let mut arrived = drain_progress(&totals(&control.counters));
     let mut quiet_since = Instant::now();
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        let now_delivered = totals(&control.counters).delivered_msgs;
-        if now_delivered != delivered {
-            delivered = now_delivered;
+        let now_arrived = drain_progress(&totals(&control.counters));
+        if now_arrived != arrived {
+            arrived = now_arrived;
             quiet_since = Instant::now();
         } else if quiet_since.elapsed() >= DRAIN_QUIET {
             return;
@@ -544,10 +558,18 @@ fn drain(config: &RunConfig, control: &Control, progress: &mut Progress) {
     }
 }
 
+/// Packets whose arrival shows that the broker is still working off the
+/// run: deliveries, and the acks that publishers wait for before they stop.
+fn drain_progress(totals: &Totals) -> u64 {
+    totals.delivered_msgs + totals.acked_msgs + totals.completed_msgs + totals.rejected_msgs
+}
+
 /// The once-a-second progress line on stderr.
 struct Progress<'a> {
     control: &'a Control,
     quiet: bool,
+    /// Whether publishers wait for acks (QoS 1 and 2), so the line shows acks/s.
+    shows_acks: bool,
     started: Instant,
     next_tick_ns: u64,
     last: Totals,
@@ -561,6 +583,7 @@ impl<'a> Progress<'a> {
         Progress {
             control,
             quiet: config.quiet,
+            shows_acks: config.qos != QoS::AtMostOnce,
             started: Instant::now(),
             next_tick_ns: now + 1_000_000_000,
             last: totals(&control.counters),
@@ -575,6 +598,12 @@ impl<'a> Progress<'a> {
         let secs = (now - self.last_ns) as f64 / 1e9;
         let sent_rate = (current.sent_msgs - self.last.sent_msgs) as f64 / secs;
         let delivered_rate = (current.delivered_msgs - self.last.delivered_msgs) as f64 / secs;
+        let acked = if self.shows_acks {
+            let acked_rate = (current.acked_msgs - self.last.acked_msgs) as f64 / secs;
+            format!("  acked {:>12}/s", format_count(acked_rate))
+        } else {
+            String::new()
+        };
         let broker_cpu = match (broker, self.last_broker_cpu) {
             (Some(sample), Some(last)) => format!(
                 "  broker cpu {:.0}%",
@@ -584,7 +613,7 @@ impl<'a> Progress<'a> {
         };
         if !self.quiet {
             eprintln!(
-                "[{:>4.0}s {phase:<7}] sent {:>12}/s  delivered {:>12}/s  connections {:>6}  errors {}{broker_cpu}",
+                "[{:>4.0}s {phase:<7}] sent {:>12}/s{acked}  delivered {:>12}/s  connections {:>6}  errors {}{broker_cpu}",
                 self.started.elapsed().as_secs_f64(),
                 format_count(sent_rate),
                 format_count(delivered_rate),
@@ -619,14 +648,20 @@ pub fn format_count(value: f64) -> String {
 
 fn merge(driven: Driven, outputs: Vec<ExecutorOutput>, control: &Control) -> RunOutcome {
     let mut latency = new_histogram();
+    let mut ack_latency = new_histogram();
+    let mut complete_latency = new_histogram();
     let mut published = Vec::new();
     let mut partials = Vec::new();
     let mut extra: Vec<(&'static str, u64)> = Vec::new();
     let mut errors = Vec::new();
     for output in outputs {
-        latency
-            .add(&output.latency)
-            .expect("histograms share their bounds");
+        for (total, part) in [
+            (&mut latency, &output.latency),
+            (&mut ack_latency, &output.ack_latency),
+            (&mut complete_latency, &output.complete_latency),
+        ] {
+            total.add(part).expect("histograms share their bounds");
+        }
         published.extend(output.published);
         partials.extend(output.subscribers);
         for (name, value) in output.extra {
@@ -644,6 +679,8 @@ fn merge(driven: Driven, outputs: Vec<ExecutorOutput>, control: &Control) -> Run
         window: driven.window,
         final_totals: totals(&control.counters),
         latency,
+        ack_latency,
+        complete_latency,
         subscribers,
         extra,
         errors,
@@ -735,6 +772,59 @@ mod tests {
             tracker.record(seq);
         }
         tracker
+    }
+
+    fn output_with(delivery_ns: &[u64], ack_ns: &[u64], complete_ns: &[u64]) -> ExecutorOutput {
+        let mut output = ExecutorOutput::default();
+        for (histogram, values) in [
+            (&mut output.latency, delivery_ns),
+            (&mut output.ack_latency, ack_ns),
+            (&mut output.complete_latency, complete_ns),
+        ] {
+            for &value in values {
+                histogram.record(value).unwrap();
+            }
+        }
+        output
+    }
+
+    #[test]
+    fn merge_adds_ack_histograms() {
+        let driven = Driven {
+            timeline: Timeline::default(),
+            window: (Totals::default(), Totals::default()),
+            broker: None,
+            broker_max_rss: 0,
+            bench_cpu_secs: 0.0,
+        };
+        let outputs = vec![
+            output_with(&[1_000], &[2_000, 3_000], &[9_000]),
+            output_with(&[], &[500_000], &[600_000, 700_000]),
+        ];
+        let outcome = merge(driven, outputs, &Control::new(2));
+
+        assert_eq!(outcome.latency.len(), 1);
+        assert_eq!(outcome.ack_latency.len(), 3);
+        assert_eq!(outcome.ack_latency.min(), 2_000);
+        assert!(outcome
+            .ack_latency
+            .equivalent(outcome.ack_latency.max(), 500_000));
+        assert_eq!(outcome.complete_latency.len(), 3);
+        assert_eq!(outcome.complete_latency.min(), 9_000);
+        assert!(outcome
+            .complete_latency
+            .equivalent(outcome.complete_latency.max(), 700_000));
+    }
+
+    #[test]
+    fn drain_counts_acks_as_progress() {
+        let mut totals = Totals::default();
+        let idle = drain_progress(&totals);
+        totals.acked_msgs = 1;
+        assert_ne!(drain_progress(&totals), idle);
+        let acked = drain_progress(&totals);
+        totals.completed_msgs = 1;
+        assert_ne!(drain_progress(&totals), acked);
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub fn run_scenario(command: &Command) -> Result<Report, BenchError> {
                 planned_connections: u64::from(*concurrency),
                 latency_measures: Some("connect to CONNACK"),
                 tracks_loss: false,
+                times_acks: false,
                 errors_fail_run: false,
             },
         ),
@@ -91,6 +92,7 @@ pub fn run_scenario(command: &Command) -> Result<Report, BenchError> {
                 planned_connections: u64::from(*connections),
                 latency_measures: None,
                 tracks_loss: false,
+                times_acks: false,
                 errors_fail_run: false,
             },
         ),
@@ -116,6 +118,7 @@ pub fn run_scenario(command: &Command) -> Result<Report, BenchError> {
                     planned_connections: u64::from(*subscribers) + 1,
                     latency_measures: Some("SUBSCRIBE to last retained message"),
                     tracks_loss: false,
+                    times_acks: false,
                     errors_fail_run: true,
                 },
             )
@@ -148,6 +151,7 @@ fn pubsub_run(
         planned_connections: plan.connections(),
         latency_measures: Some("publish to delivery"),
         tracks_loss: true,
+        times_acks: true,
         errors_fail_run: true,
     };
     (

@@ -30,6 +30,14 @@ pub struct Counters {
     pub sent_bytes: AtomicU64,
     pub delivered_msgs: AtomicU64,
     pub delivered_bytes: AtomicU64,
+    /// Publishes the broker accepted with a PUBACK (QoS 1) or PUBREC (QoS 2)
+    /// reason code below 0x80.
+    pub acked_msgs: AtomicU64,
+    /// QoS 2 publishes whose PUBCOMP arrived.
+    pub completed_msgs: AtomicU64,
+    /// Publishes the broker rejected with a PUBACK or PUBREC reason code of
+    /// 0x80 or above.
+    pub rejected_msgs: AtomicU64,
     /// Connections currently open.
     pub connections: AtomicU64,
     /// Connection attempts and connections that failed.
@@ -58,6 +66,9 @@ pub struct Totals {
     pub sent_bytes: u64,
     pub delivered_msgs: u64,
     pub delivered_bytes: u64,
+    pub acked_msgs: u64,
+    pub completed_msgs: u64,
+    pub rejected_msgs: u64,
     pub connections: u64,
     pub errors: u64,
     pub rounds: u64,
@@ -71,6 +82,9 @@ pub fn totals(counters: &[Counters]) -> Totals {
         totals.sent_bytes += c.sent_bytes.load(Ordering::Relaxed);
         totals.delivered_msgs += c.delivered_msgs.load(Ordering::Relaxed);
         totals.delivered_bytes += c.delivered_bytes.load(Ordering::Relaxed);
+        totals.acked_msgs += c.acked_msgs.load(Ordering::Relaxed);
+        totals.completed_msgs += c.completed_msgs.load(Ordering::Relaxed);
+        totals.rejected_msgs += c.rejected_msgs.load(Ordering::Relaxed);
         totals.connections += c.connections.load(Ordering::Relaxed);
         totals.errors += c.errors.load(Ordering::Relaxed);
         totals.rounds += c.rounds.load(Ordering::Relaxed);

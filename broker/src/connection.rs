@@ -36,6 +36,11 @@ const MIN_READ_CHUNK: usize = 1024;
 /// Largest number of bytes read from a socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Most PUBLISH packets handed to the shard as one batch. A batch is routed
+/// only once every packet in it was checked and logged, so a bound keeps a
+/// large read from delaying the first delivery.
+const MAX_PUBLISH_BATCH: usize = 256;
+
 /// Time the writer keeps flushing after a close was requested. A peer that
 /// stopped reading, such as a slow consumer being cut off, would otherwise
 /// keep its connection task and socket open for good.
@@ -508,6 +513,9 @@ async fn read_loop(
     };
     let mut aliases: HashMap<u16, String> = HashMap::new();
     let mut scratch = vec![0u8; MIN_READ_CHUNK];
+    // PUBLISH packets read back to back, handled together so that their
+    // log appends share one group commit.
+    let mut publishes: Vec<Publish> = Vec::new();
     loop {
         loop {
             let packet = match decode(&mut buffer, &decode_context) {
@@ -515,28 +523,51 @@ async fn read_loop(
                 Ok(None) => break,
                 Err(error) => {
                     warn!(client_id = %client_id, peer = %conn.peer, %error, "protocol violation; closing");
+                    if let Err(close) =
+                        handle_publishes(context, conn, client_id, &mut publishes).await
+                    {
+                        return Ending::Server(close.reason);
+                    }
                     return Ending::Server(Some(error.reason_code()));
                 }
             };
             let packet = match packet {
                 Packet::Publish(publish) => match resolve_alias(&mut aliases, publish) {
-                    Ok(publish) => Packet::Publish(publish),
+                    Ok(publish) => {
+                        publishes.push(publish);
+                        if publishes.len() < MAX_PUBLISH_BATCH {
+                            continue;
+                        }
+                        None
+                    }
                     Err(reason) => {
                         warn!(client_id = %client_id, peer = %conn.peer, "PUBLISH with an empty topic and no known topic alias; closing");
+                        if let Err(close) =
+                            handle_publishes(context, conn, client_id, &mut publishes).await
+                        {
+                            return Ending::Server(close.reason);
+                        }
                         return Ending::Server(Some(reason));
                     }
                 },
-                Packet::Auth(auth) => {
-                    if let Err(reason) = reauthentication.handle(conn, client_id, auth) {
-                        return Ending::Server(Some(reason));
-                    }
-                    continue;
-                }
-                other => other,
+                other => Some(other),
             };
+            if let Err(close) = handle_publishes(context, conn, client_id, &mut publishes).await {
+                return Ending::Server(close.reason);
+            }
+            let Some(packet) = packet else { continue };
+            if let Packet::Auth(auth) = packet {
+                if let Err(reason) = reauthentication.handle(conn, client_id, auth) {
+                    return Ending::Server(Some(reason));
+                }
+                continue;
+            }
             if let Err(close) = context.shard.handle_packet(conn, client_id, packet).await {
                 return Ending::Server(close.reason);
             }
+        }
+        if let Err(close) = handle_publishes(context, conn, client_id, &mut publishes).await {
+            return Ending::Server(close.reason);
         }
 
         // Let this shard's writers run before reading more. A read that
@@ -584,6 +615,20 @@ async fn read_loop(
             ReadEvent::CloseRequested(request) => return Ending::Server(request.reason),
         }
     }
+}
+
+/// Hands the PUBLISH packets collected by the reader to the shard, if any.
+async fn handle_publishes(
+    context: &ConnectionContext,
+    conn: &Rc<Conn>,
+    client_id: &Arc<str>,
+    publishes: &mut Vec<Publish>,
+) -> Result<(), CloseRequest> {
+    if publishes.is_empty() {
+        return Ok(());
+    }
+    let batch = std::mem::take(publishes);
+    context.shard.handle_publishes(conn, client_id, batch).await
 }
 
 /// What ended one wait of the reader.

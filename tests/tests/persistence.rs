@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use coremq_tests::broker::field_value;
 use coremq_tests::packets::{self, connect_persistent, publish, retained};
 use coremq_tests::{Broker, Packet, Protocol, QoS, RawClient, ReasonCode, RecvError};
 use rand::Rng;
@@ -352,4 +353,135 @@ fn retained_messages_and_subscriptions_survive_restart() {
             ("kept/b".to_string(), b"beta".to_vec()),
         ]
     );
+}
+
+/// Reads the first and last offsets of the broker's message log from a
+/// stopped broker's RocksDB directory.
+fn log_bounds(dir: &TempDir) -> (Option<u64>, Option<u64>) {
+    use coremq_wal::{RocksConfig, RocksStore, Store};
+    let store = RocksStore::open(&RocksConfig::new(dir.path())).expect("open the broker's RocksDB");
+    (
+        store.first_offset("messages").expect("first offset"),
+        store.last_offset("messages").expect("last offset"),
+    )
+}
+
+#[test]
+fn idle_persistent_session_does_not_hold_log_truncation() {
+    let dir = TempDir::new().expect("temporary directory");
+    let broker = start_durable(&dir);
+    // A persistent session whose filter matches nothing that is published.
+    let (mut idle, _) = resume(&broker, "idle-sub");
+    idle.subscribe("idle/#", QoS::AtLeastOnce);
+    idle.disconnect(ReasonCode::NORMAL_DISCONNECTION);
+    // A persistent session that receives and acknowledges everything.
+    let (mut busy, _) = resume(&broker, "busy-sub");
+    busy.subscribe("busy/t", QoS::AtLeastOnce);
+
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "busy-pub");
+    const COUNT: u16 = 20;
+    for packet_id in 1..=COUNT {
+        let reason = publisher.publish(publish("busy/t", QoS::AtLeastOnce, packet_id, b"x"));
+        assert_eq!(reason, ReasonCode::SUCCESS);
+    }
+    let delivered = busy.drain_publishes(Duration::from_secs(1));
+    assert_eq!(delivered.len(), usize::from(COUNT));
+    for message in &delivered {
+        busy.acknowledge(message);
+    }
+    busy.ping();
+
+    // Shard 0 truncates every 5 s, below what every shard reported in its
+    // previous round, so this takes two to four rounds.
+    let truncated = broker.wait_for_log(Duration::from_secs(30), |line| {
+        line.contains("truncated the message log")
+            && field_value(line, "offset").and_then(|offset| offset.parse::<u64>().ok())
+                > Some(u64::from(COUNT))
+    });
+    drop(broker);
+    let (first, last) = log_bounds(&dir);
+    assert_eq!(last, Some(u64::from(COUNT)), "log end");
+    assert_eq!(
+        first, None,
+        "the log still holds offsets from {first:?}: the idle session kept it from truncation"
+    );
+    assert!(truncated.is_some(), "no truncation was logged");
+
+    // The idle session still works after a restart.
+    let broker = start_durable(&dir);
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "idle-pub");
+    let reason = publisher.publish(publish("idle/x", QoS::AtLeastOnce, 1, b"late"));
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    let (mut idle, present) = resume(&broker, "idle-sub");
+    assert!(present, "the idle session did not survive the restart");
+    let message = idle.expect_publish();
+    assert_eq!(
+        (message.topic.as_str(), &message.payload[..]),
+        ("idle/x", &b"late"[..])
+    );
+    let (mut busy, _) = resume(&broker, "busy-sub");
+    let again = busy.drain_publishes(Duration::from_secs(1));
+    assert!(
+        again.is_empty(),
+        "acknowledged messages came back: {again:?}"
+    );
+}
+
+#[test]
+fn publishes_in_one_write_are_acknowledged_in_order_up_to_a_bad_one() {
+    let dir = TempDir::new().expect("temporary directory");
+    let broker = start_durable(&dir);
+    let (mut subscriber, _) = resume(&broker, "batch-sub");
+    subscriber.subscribe("batch/+", QoS::ExactlyOnce);
+
+    // Ten good QoS 1 and QoS 2 PUBLISH packets, then one with an empty
+    // topic and no alias (a protocol error), then one more, in one write.
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "batch-pub");
+    let mut bytes = Vec::new();
+    for packet_id in 1..=10u16 {
+        let qos = if packet_id % 2 == 0 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let payload = packet_id.to_string();
+        let packet = Packet::Publish(publish("batch/a", qos, packet_id, payload.as_bytes()));
+        bytes.extend(packets::encode_packet(&packet, Protocol::V5));
+    }
+    let bad = Packet::Publish(publish("", QoS::AtLeastOnce, 11, b"bad"));
+    bytes.extend(packets::encode_packet(&bad, Protocol::V5));
+    let after = Packet::Publish(publish("batch/a", QoS::AtLeastOnce, 12, b"12"));
+    bytes.extend(packets::encode_packet(&after, Protocol::V5));
+    publisher.send_bytes(&bytes);
+
+    let mut acknowledged = Vec::new();
+    let disconnect = loop {
+        match publisher.read_packet_within(Duration::from_secs(5)) {
+            Ok(Packet::PubAck(ack)) => acknowledged.push((ack.packet_id, ack.reason)),
+            Ok(Packet::PubRec(rec)) => acknowledged.push((rec.packet_id, rec.reason)),
+            Ok(Packet::Disconnect(disconnect)) => break disconnect,
+            other => panic!("expected PUBACK, PUBREC or DISCONNECT, got {other:?}"),
+        }
+    };
+    let expected: Vec<_> = (1..=10u16).map(|id| (id, ReasonCode::SUCCESS)).collect();
+    assert_eq!(acknowledged, expected, "acknowledgements, in order");
+    assert_eq!(disconnect.reason, ReasonCode::PROTOCOL_ERROR);
+
+    let mut numbers = Vec::new();
+    loop {
+        match subscriber.read_packet_within(Duration::from_secs(1)) {
+            Ok(Packet::Publish(message)) => {
+                numbers.push(String::from_utf8(message.payload.to_vec()).expect("UTF-8"));
+                subscriber.acknowledge(&message);
+            }
+            Ok(Packet::PubRel(release)) => {
+                subscriber.send(&Packet::PubComp(packets::pub_response(release.packet_id)))
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(RecvError::Timeout) => break,
+            Err(error) => panic!("subscriber failed: {error}"),
+        }
+    }
+    let expected: Vec<String> = (1..=10).map(|n: u32| n.to_string()).collect();
+    assert_eq!(numbers, expected, "delivered messages, in order");
 }

@@ -79,6 +79,12 @@ impl Shard {
     /// truncates the log below the lowest over all shards and purges
     /// expired records.
     async fn maintain(&self) {
+        // The last log offset seen one round earlier. Every message up to
+        // it was appended a whole interval ago, and so has been routed to
+        // every session it matches (routing happens before the PUBACK).
+        let mut settled = 0;
+        // Offset below which shard 0 last truncated, to log only progress.
+        let mut truncated = 0;
         loop {
             glommio::timer::sleep(MAINTENANCE_INTERVAL).await;
             let (persistence, id) = {
@@ -87,7 +93,8 @@ impl Shard {
                     return;
                 };
                 let last = persistence.last_offset();
-                let needed = persist::lowest_needed(state.sessions.values_mut(), last);
+                let needed = persist::lowest_needed(state.sessions.values_mut(), settled, last);
+                settled = last;
                 persistence.needed[state.id].store(needed, std::sync::atomic::Ordering::Relaxed);
                 (persistence, state.id)
             };
@@ -95,12 +102,19 @@ impl Shard {
                 continue;
             }
             if let Some(lowest) = persistence.lowest_needed() {
-                if let Err(error) = persistence
+                match persistence
                     .store
                     .delete_by_offset(persist::LOG_QUEUE, lowest)
                     .await
                 {
-                    warn!(%error, offset = lowest, "cannot truncate the message log");
+                    Ok(()) if lowest > truncated => {
+                        info!(offset = lowest, "truncated the message log below offset");
+                        truncated = lowest;
+                    }
+                    Ok(()) => {}
+                    Err(error) => {
+                        warn!(%error, offset = lowest, "cannot truncate the message log")
+                    }
                 }
             }
             match persistence.store.purge_expired(records::unix_ms()).await {

@@ -305,7 +305,7 @@ impl Shard {
         packet: Packet,
     ) -> HandleResult {
         match packet {
-            Packet::Publish(publish) => self.handle_publish(conn, client_id, publish).await,
+            Packet::Publish(publish) => self.handle_publishes(conn, client_id, vec![publish]).await,
             Packet::Subscribe(subscribe) => self.handle_subscribe(conn, client_id, subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
                 let mut outbox = Outbox::default();
@@ -321,7 +321,7 @@ impl Shard {
                     .borrow_mut()
                     .handle_control(conn, client_id, other)?;
                 if let Some(reply) = reply {
-                    self.persist_session_now(client_id).await;
+                    self.persist_session_now(client_id).await?;
                     conn.send(&reply);
                 }
                 Ok(())
@@ -330,97 +330,164 @@ impl Shard {
     }
 
     /// Writes the stored record of a persistent session now, for replies
-    /// that must not go out before it (PUBREC, PUBREL, PUBCOMP).
-    async fn persist_session_now(&self, client_id: &Arc<str>) {
+    /// that must not go out before it (PUBREC, PUBREL, PUBCOMP). When the
+    /// write fails, the reply is withheld and the client is disconnected
+    /// with 0x80; it repeats the exchange after reconnecting.
+    async fn persist_session_now(&self, client_id: &Arc<str>) -> HandleResult {
         let (persistence, record) = {
             let mut state = self.state.borrow_mut();
             let Some(persistence) = state.persistence.clone() else {
-                return;
+                return Ok(());
             };
             let Some(session) = state.sessions.get_mut(client_id) else {
-                return;
+                return Ok(());
             };
             if session.expiry_interval == 0 {
-                return;
+                return Ok(());
             }
             (persistence, persist::session_record(session))
         };
-        if let Err(error) = persistence.store.put_session(record).await {
-            // NOTE: the PUBREC or PUBCOMP still goes out. If the broker then
-            // crashes, a re-sent QoS 2 PUBLISH may be delivered twice.
-            error!(client_id = %client_id, %error, "failed to store session; QoS 2 state may be lost in a crash");
+        match persistence.store.put_session(record).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                error!(client_id = %client_id, %error, "cannot store session; withholding the QoS 2 reply and disconnecting the client");
+                if let Some(session) = self.state.borrow_mut().sessions.get_mut(client_id) {
+                    session.mark_dirty();
+                }
+                Err(close_with(ReasonCode::UNSPECIFIED_ERROR))
+            }
         }
     }
 
-    async fn handle_publish(
+    /// Handles the PUBLISH packets a client sent back to back, in order.
+    /// The QoS 1/2 messages among them that someone may receive go into the
+    /// log in one append, so they share one group commit, before any is
+    /// routed. The replies go out afterwards, in the order of the packets.
+    pub async fn handle_publishes(
         &self,
         conn: &Rc<Conn>,
         client_id: &Arc<str>,
-        publish: Publish,
+        publishes: Vec<Publish>,
     ) -> HandleResult {
-        let step = self
-            .state
-            .borrow_mut()
-            .prepare_publish(conn, client_id, publish)?;
-        let (mut publication, ack, retain_ack_needed) = match step {
-            PublishStep::Reply(reply) => {
-                conn.send(&reply);
-                return Ok(());
-            }
-            PublishStep::Drop => return Ok(()),
-            PublishStep::Route {
-                publication,
-                ack,
-                retain_ack_needed,
-            } => (publication, ack, retain_ack_needed),
-        };
-
-        // A QoS 1/2 message that someone may receive goes into the log
-        // before it is routed, so it is durable before its PUBACK/PUBREC.
-        // TODO: one connection waits for each append before it reads its next
-        // PUBLISH, so a single publisher gets one group commit per message.
-        // Appending the whole read batch at once would share the fsync.
-        let persistence = self.state.borrow().persistence.clone();
-        if let Some(persistence) = persistence {
-            let needs_log = publication.qos != QoS::AtMostOnce
-                && self.state.borrow().has_subscribers(&publication.topic);
-            if needs_log {
-                let message =
-                    persist::records::message_from_publication(&publication, Instant::now());
-                match persistence
-                    .store
-                    .append(persist::LOG_QUEUE, vec![message])
-                    .await
-                {
-                    Ok(offsets) => {
-                        publication.log_offset = Some(offsets.start);
-                        persistence.advance(offsets.start);
-                    }
-                    Err(error) => {
-                        error!(client_id = %client_id, %error, "cannot append message to the log; disconnecting the publisher");
-                        self.state.borrow_mut().forget_incoming(client_id, ack);
-                        return Err(close_with(ReasonCode::UNSPECIFIED_ERROR));
+        // Check every packet first. A bad one ends the batch, but those
+        // before it are handled before the connection closes.
+        let mut steps = Vec::with_capacity(publishes.len());
+        let mut closing = None;
+        {
+            let mut state = self.state.borrow_mut();
+            for publish in publishes {
+                match state.prepare_publish(conn, client_id, publish) {
+                    Ok(step) => steps.push(step),
+                    Err(close) => {
+                        closing = Some(close);
+                        break;
                     }
                 }
             }
-            if publication.qos == QoS::ExactlyOnce {
-                self.persist_session_now(client_id).await;
+        }
+
+        let persistence = self.state.borrow().persistence.clone();
+        if let Some(persistence) = persistence {
+            self.append_to_log(&persistence, client_id, &mut steps)
+                .await?;
+            let exactly_once = steps.iter().any(|step| {
+                matches!(step, PublishStep::Route { publication, .. } if publication.qos == QoS::ExactlyOnce)
+            });
+            if exactly_once {
+                if let Err(close) = self.persist_session_now(client_id).await {
+                    // The messages are in the log: route them, so that the
+                    // client's re-sends are answered without a second copy.
+                    self.route_steps(conn, steps).await;
+                    return Err(close);
+                }
             }
         }
 
-        let mut outbox = Outbox::default();
-        let reply = self.state.borrow_mut().finish_publish(
-            conn.protocol,
-            Arc::new(publication),
-            ack,
-            retain_ack_needed,
-            &mut outbox,
-        );
-        self.flush(outbox).await;
-        if let Some(reply) = reply {
+        for reply in self.route_steps(conn, steps).await {
             conn.send(&reply);
         }
-        Ok(())
+        closing.map_or(Ok(()), Err)
+    }
+
+    /// Appends the loggable messages of `steps` to the log and records
+    /// their offsets. On failure no message of the batch is routed or
+    /// acknowledged: the client is disconnected and re-sends them.
+    async fn append_to_log(
+        &self,
+        persistence: &Persistence,
+        client_id: &Arc<str>,
+        steps: &mut [PublishStep],
+    ) -> HandleResult {
+        let now = Instant::now();
+        let mut logged = Vec::new();
+        let mut messages = Vec::new();
+        {
+            let state = self.state.borrow();
+            for (index, step) in steps.iter().enumerate() {
+                if let PublishStep::Route { publication, .. } = step {
+                    if publication.qos != QoS::AtMostOnce
+                        && state.has_subscribers(&publication.topic)
+                    {
+                        logged.push(index);
+                        messages.push(persist::records::message_from_publication(publication, now));
+                    }
+                }
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let count = messages.len();
+        match persistence.store.append(persist::LOG_QUEUE, messages).await {
+            Ok(offsets) => {
+                for (offset, index) in offsets.clone().zip(logged) {
+                    if let PublishStep::Route { publication, .. } = &mut steps[index] {
+                        publication.log_offset = Some(offset);
+                    }
+                }
+                persistence.advance(offsets.end - 1);
+                Ok(())
+            }
+            Err(error) => {
+                error!(client_id = %client_id, %error, messages = count, "cannot append to the message log; disconnecting the publisher without acknowledging");
+                let mut state = self.state.borrow_mut();
+                for step in steps.iter() {
+                    if let PublishStep::Route { ack, .. } = step {
+                        state.forget_incoming(client_id, *ack);
+                    }
+                }
+                Err(close_with(ReasonCode::UNSPECIFIED_ERROR))
+            }
+        }
+    }
+
+    /// Routes the publications of `steps` and returns the replies owed, in
+    /// order, once every routing message is out.
+    async fn route_steps(&self, conn: &Rc<Conn>, steps: Vec<PublishStep>) -> Vec<Packet> {
+        let mut outbox = Outbox::default();
+        let mut replies = Vec::new();
+        {
+            let mut state = self.state.borrow_mut();
+            for step in steps {
+                match step {
+                    PublishStep::Reply(reply) => replies.push(reply),
+                    PublishStep::Drop => {}
+                    PublishStep::Route {
+                        publication,
+                        ack,
+                        retain_ack_needed,
+                    } => replies.extend(state.finish_publish(
+                        conn.protocol,
+                        Arc::new(publication),
+                        ack,
+                        retain_ack_needed,
+                        &mut outbox,
+                    )),
+                }
+            }
+        }
+        self.flush(outbox).await;
+        replies
     }
 
     async fn handle_subscribe(

@@ -115,15 +115,28 @@ pub fn session_record(session: &mut Session) -> SessionRecord {
 }
 
 /// Lowest log offset the given sessions still need: one above the
-/// acknowledged prefix of the least advanced persistent session.
-// TODO: a session with nothing pending reports the last offset it was
-// offered. An idle persistent session therefore keeps the log from being
-// truncated until a matching message reaches it or it expires.
-pub fn lowest_needed<'a>(sessions: impl Iterator<Item = &'a mut Session>, last_offset: u64) -> u64 {
+/// acknowledged prefix of the least advanced persistent session. A session
+/// with nothing pending needs nothing up to `settled`, the last offset whose
+/// routing is known to be over, so an idle session does not hold the log.
+///
+/// NOTE: "known to be over" rests on timing: `settled` is the last offset of
+/// the previous maintenance round, and a message is routed long before the
+/// next one unless a shard stalls for the whole interval.
+pub fn lowest_needed<'a>(
+    sessions: impl Iterator<Item = &'a mut Session>,
+    settled: u64,
+    last_offset: u64,
+) -> u64 {
     let mut lowest = last_offset + 1;
     for session in sessions {
         if session.expiry_interval > 0 {
-            lowest = lowest.min(session.log_acked() + 1);
+            let acked = session.log_acked();
+            let needed = if session.log_pending.is_empty() {
+                acked.max(settled) + 1
+            } else {
+                acked + 1
+            };
+            lowest = lowest.min(needed);
         }
     }
     lowest
@@ -140,4 +153,42 @@ pub fn dedup(ids: Vec<Arc<str>>) -> Vec<Arc<str>> {
 /// Time since `start`, for log lines about restore and flush durations.
 pub fn elapsed_ms(start: Instant) -> u128 {
     start.elapsed().as_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coremq_codec::Protocol;
+
+    fn persistent(id: &str, seen: u64, pending: &[u64]) -> Session {
+        let mut session = Session::new(id.into(), Protocol::V5);
+        session.expiry_interval = 60;
+        session.log_seen = seen;
+        session.log_pending = pending.iter().copied().collect();
+        session
+    }
+
+    #[test]
+    fn idle_session_needs_nothing_up_to_the_settled_offset() {
+        let mut sessions = [persistent("idle", 3, &[])];
+        assert_eq!(lowest_needed(sessions.iter_mut(), 40, 50), 41);
+        // Before a round has settled anything, its own position counts.
+        assert_eq!(lowest_needed(sessions.iter_mut(), 0, 50), 4);
+    }
+
+    #[test]
+    fn pending_message_holds_the_log() {
+        let mut sessions = [
+            persistent("idle", 3, &[]),
+            persistent("busy", 30, &[12, 30]),
+        ];
+        assert_eq!(lowest_needed(sessions.iter_mut(), 40, 50), 12);
+    }
+
+    #[test]
+    fn non_persistent_sessions_are_ignored() {
+        let mut session = persistent("clean", 0, &[5]);
+        session.expiry_interval = 0;
+        assert_eq!(lowest_needed(std::iter::once(&mut session), 40, 50), 51);
+    }
 }

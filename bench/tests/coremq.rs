@@ -1,0 +1,195 @@
+//! Publish-to-ack latency against a real CoreMQ broker (the debug binary,
+//! found as the `coremq-tests` harness finds it: `COREMQ_BIN` or
+//! `$CARGO_TARGET_DIR/debug/coremq`).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{number, run_bench, BenchRun};
+use coremq_tests::Broker;
+use serde_json::Value;
+
+/// CoreMQ with its RocksDB store in a scratch folder, removed on drop.
+struct DurableBroker {
+    broker: Option<Broker>,
+    data_dir: PathBuf,
+}
+
+impl DurableBroker {
+    /// Starts one shard on RocksDB with fsync per group commit, so that a
+    /// PUBACK or PUBREC waits for the disk.
+    fn start() -> DurableBroker {
+        let data_dir = common::scratch_dir("coremq-data");
+        let data_arg = data_dir.to_str().expect("UTF-8 temp path");
+        let broker = Broker::start(&[
+            "--shards",
+            "1",
+            "--data-dir",
+            data_arg,
+            "--durability",
+            "fsync",
+        ]);
+        DurableBroker {
+            broker: Some(broker),
+            data_dir,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.broker.as_ref().expect("started").addr().port()
+    }
+}
+
+impl Drop for DurableBroker {
+    fn drop(&mut self) {
+        // Kill the broker before its files go.
+        drop(self.broker.take());
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Runs 2 publisher/subscriber pairs at `qos` against `port` with no
+/// warm-up, so that every publish is sent inside the measurement window
+/// and its ack must be in the ack latency histogram.
+fn run_p2p(port: u16, qos: &str) -> BenchRun {
+    let port = port.to_string();
+    run_bench(&[
+        "p2p",
+        "-N",
+        "2",
+        "-q",
+        qos,
+        "--rate",
+        "300",
+        "--port",
+        &port,
+        "--warmup",
+        "0",
+        "--duration",
+        "1",
+        "--drain",
+        "10",
+    ])
+}
+
+/// Returns the latency object at `key`, failing with the report when it is
+/// missing or null.
+fn latency<'a>(report: &'a Value, key: &str) -> &'a Value {
+    match report.get(key) {
+        Some(value) if value.is_object() => value,
+        _ => panic!("{key} missing from report: {report:#}"),
+    }
+}
+
+/// Checks one publish-to-ack latency object: `expected_samples` samples,
+/// ordered percentiles and a minimum no loopback round trip goes below.
+fn check_latency(latency: &Value, measures: &str, expected_samples: f64) {
+    assert_eq!(latency["measures"], measures, "{latency:#}");
+    assert_eq!(
+        number(latency, "/samples"),
+        expected_samples,
+        "one sample per ack: {latency:#}"
+    );
+    // A round trip through the broker's socket takes well over 1 us, so a
+    // smaller minimum means a send time was taken at the wrong point.
+    assert!(number(latency, "/min_us") > 1.0, "{latency:#}");
+    assert!(
+        number(latency, "/p50_us") >= number(latency, "/min_us"),
+        "{latency:#}"
+    );
+    assert!(
+        number(latency, "/p99_us") >= number(latency, "/p50_us"),
+        "{latency:#}"
+    );
+    assert!(
+        number(latency, "/max_us") >= number(latency, "/p99_us"),
+        "{latency:#}"
+    );
+}
+
+/// Checks what QoS 1 and QoS 2 runs share and returns the report and the
+/// number of publishes sent.
+fn check_acked_run(run: &BenchRun) -> (&Value, f64) {
+    assert_eq!(run.code(), 0, "{}", run.text());
+    let report = run.report();
+    // In p2p each subscriber expects what its one publisher sent over the
+    // whole run, so the sum is every publish.
+    let published = number(report, "/loss/expected");
+    assert!(published > 0.0, "{report:#}");
+    assert_eq!(number(report, "/loss/lost"), 0.0, "{report:#}");
+
+    let acked = number(report, "/acked/msgs");
+    assert!(acked > 0.0, "{report:#}");
+    // The window counts acks that arrived before its end; the histogram
+    // also contains the acks that arrived during the drain.
+    assert!(acked <= published, "{report:#}");
+    assert!(number(report, "/acked/msgs_per_sec") > 0.0, "{report:#}");
+    assert!(
+        report["figures"].get("unacked_msgs").is_none(),
+        "{report:#}"
+    );
+    assert!(
+        report["figures"].get("rejected_msgs").is_none(),
+        "{report:#}"
+    );
+    (report, published)
+}
+
+#[test]
+fn qos1_times_every_puback() {
+    let broker = DurableBroker::start();
+    let run = run_p2p(broker.port(), "1");
+    let (report, published) = check_acked_run(&run);
+
+    check_latency(
+        latency(report, "ack_latency"),
+        "publish to PUBACK",
+        published,
+    );
+    assert!(report["complete_latency"].is_null(), "{report:#}");
+
+    let text = String::from_utf8_lossy(&run.output.stdout);
+    assert!(text.contains("ack latency (publish to PUBACK)"), "{text}");
+    assert!(text.contains("  acked  "), "{text}");
+}
+
+#[test]
+fn qos2_times_pubrec_and_pubcomp() {
+    let broker = DurableBroker::start();
+    let run = run_p2p(broker.port(), "2");
+    let (report, published) = check_acked_run(&run);
+
+    let ack = latency(report, "ack_latency");
+    let complete = latency(report, "complete_latency");
+    check_latency(ack, "publish to PUBREC", published);
+    check_latency(complete, "publish to PUBCOMP", published);
+    // Each PUBCOMP follows its PUBREC, so every percentile of the PUBCOMP
+    // times is at least the same percentile of the PUBREC times.
+    for key in ["/min_us", "/p50_us", "/p99_us", "/max_us"] {
+        assert!(
+            number(complete, key) >= number(ack, key),
+            "{key}: {report:#}"
+        );
+    }
+
+    let text = String::from_utf8_lossy(&run.output.stdout);
+    assert!(text.contains("ack latency (publish to PUBREC)"), "{text}");
+    assert!(text.contains("ack latency (publish to PUBCOMP)"), "{text}");
+}
+
+#[test]
+fn qos0_reports_no_acks() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let run = run_p2p(broker.addr().port(), "0");
+    assert_eq!(run.code(), 0, "{}", run.text());
+    let report = run.report();
+
+    assert!(number(report, "/delivered/msgs") > 0.0, "{report:#}");
+    for key in ["acked", "ack_latency", "complete_latency"] {
+        assert!(report[key].is_null(), "{key}: {report:#}");
+    }
+    let text = String::from_utf8_lossy(&run.output.stdout);
+    assert!(!text.contains("ack latency"), "{text}");
+    assert!(!text.contains("acked"), "{text}");
+}
