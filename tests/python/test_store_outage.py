@@ -52,7 +52,7 @@ ACKS_BEFORE_OUTAGE = 20
 ACKS_AFTER_RESTART = 20
 
 RETRY_LINE = re.compile(r"store request failed, retrying.*backend=\"?(\w+)")
-APPEND_FAILED_LINE = re.compile(r"cannot append message to the log; disconnecting the publisher")
+APPEND_FAILED_LINE = re.compile(r"cannot append to the message log; disconnecting the publisher")
 
 
 @dataclass
