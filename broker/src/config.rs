@@ -239,6 +239,10 @@ pub struct StorageConfig {
     /// `fsync` (default): acknowledge a QoS 1/2 message only after its group
     /// commit reached stable storage; `none`: once the backend accepted it.
     pub durability: Option<String>,
+    /// Seconds a `mysql` or `redis` request keeps retrying while the server
+    /// is unreachable, before the publisher waiting for it is disconnected;
+    /// default 30.
+    pub retry_timeout: Option<u64>,
 }
 
 /// Auth section of the config file; every field optional.
@@ -348,6 +352,9 @@ pub struct Config {
     pub storage: Storage,
     /// True when QoS 1/2 acknowledgements wait for fsync.
     pub fsync: bool,
+    /// How long a `mysql` or `redis` request keeps retrying while the server
+    /// is unreachable.
+    pub store_retry_timeout: Duration,
     /// Password file, anonymous access and ACL, loaded once and shared
     /// read-only by every shard.
     pub security: Arc<Security>,
@@ -379,6 +386,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 
 /// Largest `handshake-timeout` accepted, in seconds.
 const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 300;
+
+/// Largest `storage.retry-timeout` accepted, in seconds. It bounds how long
+/// a publisher can wait for its PUBACK while the server is down.
+const MAX_STORE_RETRY_TIMEOUT_SECS: u64 = 3600;
 
 impl Config {
     /// Loads `path` (if any), applies `overrides` and checks every value.
@@ -527,7 +538,7 @@ impl Config {
             }
         };
 
-        let (storage, fsync) = storage_from(file.storage, overrides.storage)?;
+        let (storage, fsync, store_retry_timeout) = storage_from(file.storage, overrides.storage)?;
         let security = load_security(file.auth, overrides.auth, &listeners)?;
         let mut listener_limits = Vec::with_capacity(listeners.len());
         for listener in &listeners {
@@ -568,6 +579,7 @@ impl Config {
             max_connections,
             storage,
             fsync,
+            store_retry_timeout,
             security: Arc::new(security),
             admission: Arc::new(admission),
         })
@@ -702,7 +714,12 @@ fn merge_tls(file: TlsSection, cli: TlsSection) -> TlsSection {
     }
 }
 
-fn storage_from(file: StorageConfig, cli: StorageConfig) -> Result<(Storage, bool), ConfigError> {
+/// Returns the storage backend, whether acknowledgements wait for fsync, and
+/// the retry timeout of the networked backends.
+fn storage_from(
+    file: StorageConfig,
+    cli: StorageConfig,
+) -> Result<(Storage, bool, Duration), ConfigError> {
     let backend = cli
         .backend
         .or(file.backend)
@@ -751,7 +768,25 @@ fn storage_from(file: StorageConfig, cli: StorageConfig) -> Result<(Storage, boo
             })
         }
     };
-    Ok((storage, fsync))
+    let retry_timeout = cli.retry_timeout.or(file.retry_timeout);
+    let is_networked = matches!(storage, Storage::Mysql { .. } | Storage::Redis { .. });
+    if retry_timeout.is_some() && !is_networked {
+        return Err(ConfigError::Invalid {
+            key: "storage.retry-timeout",
+            message: format!(
+                "applies only to the mysql and redis backends, not to {backend:?}; remove it \
+                 or --storage-retry-timeout"
+            ),
+        });
+    }
+    let retry_timeout = checked(
+        "storage.retry-timeout",
+        retry_timeout,
+        coremq_wal::DEFAULT_RETRY_TIMEOUT.as_secs(),
+        0,
+        MAX_STORE_RETRY_TIMEOUT_SECS,
+    )?;
+    Ok((storage, fsync, Duration::from_secs(retry_timeout)))
 }
 
 /// Loads the password and ACL files named by the command line or the file.
@@ -966,6 +1001,54 @@ mod tests {
             toml::from_str("[auth]\nacl-default = \"maybe\"\n").expect("valid toml");
         let error = Config::from_parts(file, Overrides::default()).expect_err("invalid");
         assert!(error.to_string().contains("auth.acl-default"), "{error}");
+    }
+
+    #[test]
+    fn storage_retry_timeout() {
+        let file: FileConfig = toml::from_str(
+            "[storage]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\nretry-timeout = 5\n",
+        )
+        .expect("valid toml");
+        let config = Config::from_parts(file.clone(), Overrides::default()).expect("valid config");
+        assert_eq!(config.store_retry_timeout, Duration::from_secs(5));
+
+        let overrides = Overrides {
+            storage: StorageConfig {
+                retry_timeout: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let config = Config::from_parts(file, overrides).expect("valid config");
+        assert_eq!(config.store_retry_timeout, Duration::ZERO);
+
+        let file: FileConfig =
+            toml::from_str("[storage]\nbackend = \"mysql\"\nurl = \"mysql://u:p@127.0.0.1/db\"\n")
+                .expect("valid toml");
+        let config = Config::from_parts(file, Overrides::default()).expect("valid config");
+        assert_eq!(config.store_retry_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn storage_retry_timeout_checked() {
+        let cases = [
+            (
+                "backend = \"redis\"\nurl = \"redis://127.0.0.1/0\"\nretry-timeout = 3601\n",
+                "use 0 to 3600",
+            ),
+            (
+                "backend = \"rocksdb\"\nretry-timeout = 5\n",
+                "applies only to the mysql and redis backends",
+            ),
+        ];
+        for (section, expected) in cases {
+            let file: FileConfig =
+                toml::from_str(&format!("[storage]\n{section}")).expect("valid toml");
+            let error = Config::from_parts(file, Overrides::default()).expect_err(expected);
+            let message = error.to_string();
+            assert!(message.contains("storage.retry-timeout"), "{message}");
+            assert!(message.contains(expected), "{message}");
+        }
     }
 
     #[test]

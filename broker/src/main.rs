@@ -91,6 +91,11 @@ struct Cli {
     /// once the backend accepted them [default: fsync].
     #[arg(long, value_name = "MODE")]
     durability: Option<String>,
+    /// Seconds a mysql or redis request keeps retrying while the server is
+    /// unreachable. After that, a publisher waiting for it is disconnected
+    /// with reason 0x80 [default: 30].
+    #[arg(long, value_name = "SECS")]
+    storage_retry_timeout: Option<u64>,
     /// Password file written by `coremq passwd` [default: none].
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
             data_dir: cli.data_dir,
             url: cli.storage_url,
             durability: cli.durability,
+            retry_timeout: cli.storage_retry_timeout,
         },
         auth: AuthConfig {
             password_file: cli.password_file,

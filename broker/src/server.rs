@@ -103,6 +103,7 @@ fn open_store(config: &Config) -> Result<Option<Recovered>, ServerError> {
             Storage::Mysql { url } => {
                 let mut mysql = MysqlConfig::new(url.clone());
                 mysql.durability = durability;
+                mysql.retry_timeout = config.store_retry_timeout;
                 (
                     "mysql",
                     MysqlStore::open(&mysql).map(|s| Arc::new(s) as Arc<dyn Store>),
@@ -111,6 +112,7 @@ fn open_store(config: &Config) -> Result<Option<Recovered>, ServerError> {
             Storage::Redis { url } => {
                 let mut redis = RedisConfig::new(url.clone());
                 redis.durability = durability;
+                redis.retry_timeout = config.store_retry_timeout;
                 (
                     "redis",
                     RedisStore::open(&redis).map(|s| Arc::new(s) as Arc<dyn Store>),

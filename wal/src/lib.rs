@@ -66,6 +66,8 @@ pub use mysql::{MysqlConfig, MysqlStore};
 pub use record::{Durability, Message, PurgeReport, QoS, SessionRecord};
 #[cfg(feature = "redis")]
 pub use redis::{RedisConfig, RedisStore};
+#[cfg(any(feature = "mysql", feature = "redis"))]
+pub use retry::DEFAULT_RETRY_TIMEOUT;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksConfig, RocksStore};
 pub use store::{QueueBatch, Store};

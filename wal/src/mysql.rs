@@ -9,22 +9,32 @@
 //! - `sessions (client_id, expires_at, record)` and
 //!   `retained (topic, expires_at, message)`: encoded records, with the expiry
 //!   in its own indexed column for purging.
+//! - `appenders (appender, last_sequence, last_ranges, updated_at)`: one row
+//!   per open store with the sequence number and offsets of its last group
+//!   commit, written in the commit's transaction, so that a commit whose
+//!   reply was lost can be retried without storing it twice. `open` deletes
+//!   rows not updated for [`STALE_APPENDER_AGE`].
 //!
 //! Keys are `VARBINARY`, so names compare byte for byte whatever the server's
 //! default collation.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
 use mysql::{
-    Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, PooledConn, TxOpts, Value,
+    DriverError, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, PooledConn, TxOpts,
+    Value,
 };
 
 use crate::codec::{self, DecodeError};
 use crate::error::SourceError;
-use crate::retry::{connection_error, with_backoff};
+use crate::retry::{
+    connection_error, new_appender_id, with_backoff, with_backoff_deduplicated,
+    DEFAULT_RETRY_TIMEOUT,
+};
 use crate::{
     Durability, Message, PurgeReport, QueueBatch, SessionRecord, Store, StoreError, StoreResult,
 };
@@ -50,9 +60,20 @@ const MAX_BYTES_PER_INSERT: usize = 4 << 20;
 /// retried: 1205 lock wait timeout, 1213 deadlock.
 const RETRYABLE_SERVER_ERRORS: [u16; 2] = [1205, 1213];
 
+/// Server error codes that end or refuse the connection, so the request
+/// failed with it: 1040 too many connections, 1053 server shutdown in
+/// progress, 1317 query interrupted, 1927 connection killed (MariaDB). They
+/// are handled like a lost connection.
+const CONNECTION_ENDED_SERVER_ERRORS: [u16; 4] = [1040, 1053, 1317, 1927];
+
 /// Connections the pool keeps open at least and at most.
 const POOL_MIN_CONNECTIONS: usize = 1;
 const POOL_MAX_CONNECTIONS: usize = 8;
+
+/// Age after which `open` deletes the appender row of a store that has not
+/// committed since. Such a store has stopped, or it has no retry pending and
+/// recreates its row at its next commit.
+const STALE_APPENDER_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Time to wait for a TCP connection and for each read or write on it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,16 +91,20 @@ pub struct MysqlConfig {
     /// [`Durability::Fsync`], `open` logs a warning when
     /// `innodb_flush_log_at_trx_commit` is not 1.
     pub durability: Durability,
+    /// How long a request keeps retrying while the server is unreachable,
+    /// counted from its first attempt. Default [`DEFAULT_RETRY_TIMEOUT`].
+    pub retry_timeout: Duration,
 }
 
 impl MysqlConfig {
-    /// Creates a config for `url` with the default table prefix and
-    /// [`Durability::Fsync`].
+    /// Creates a config for `url` with the default table prefix,
+    /// [`Durability::Fsync`] and the default retry timeout.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             table_prefix: "coremq_".to_owned(),
             durability: Durability::Fsync,
+            retry_timeout: DEFAULT_RETRY_TIMEOUT,
         }
     }
 }
@@ -90,12 +115,20 @@ struct Tables {
     messages: String,
     sessions: String,
     retained: String,
+    appenders: String,
 }
 
 /// A [`Store`] backed by MySQL or MariaDB (InnoDB).
 pub struct MysqlStore {
     pool: Pool,
     tables: Tables,
+    retry_timeout: Duration,
+    /// This store's row in the appenders table.
+    appender: String,
+    /// Sequence number of the last append started. The lock also makes
+    /// appends through this store run one at a time, which the check of the
+    /// last applied sequence number in `append_once` relies on.
+    append_sequence: Mutex<u64>,
 }
 
 impl MysqlStore {
@@ -105,7 +138,7 @@ impl MysqlStore {
     ///
     /// Returns [`StoreError::InvalidInput`] for a bad URL or table prefix,
     /// and [`StoreError::Unavailable`] when the server cannot be reached
-    /// after retries.
+    /// within [`MysqlConfig::retry_timeout`].
     pub fn open(config: &MysqlConfig) -> StoreResult<Self> {
         let prefix = &config.table_prefix;
         let prefix_is_valid = prefix
@@ -128,7 +161,7 @@ impl MysqlStore {
             .read_timeout(Some(IO_TIMEOUT))
             .write_timeout(Some(IO_TIMEOUT));
 
-        let pool = with_backoff(|| {
+        let pool = with_backoff(config.retry_timeout, || {
             Pool::new(opts.clone())
                 .map_err(|error| classify("open", "", error, RequestState::NotSent))
         })?;
@@ -139,9 +172,14 @@ impl MysqlStore {
                 messages: format!("{prefix}messages"),
                 sessions: format!("{prefix}sessions"),
                 retained: format!("{prefix}retained"),
+                appenders: format!("{prefix}appenders"),
             },
+            retry_timeout: config.retry_timeout,
+            appender: new_appender_id(),
+            append_sequence: Mutex::new(0),
         };
         store.create_tables()?;
+        store.register_appender()?;
         store.check_durability(config.durability)?;
         tracing::info!(table_prefix = %prefix, "mysql store opened");
         Ok(store)
@@ -153,6 +191,7 @@ impl MysqlStore {
             messages,
             sessions,
             retained,
+            appenders,
         } = &self.tables;
         let statements = [
             format!(
@@ -185,12 +224,38 @@ impl MysqlStore {
                     KEY expires_at (expires_at)
                 ) ENGINE=InnoDB"
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {appenders} (
+                    appender VARBINARY(64) NOT NULL PRIMARY KEY,
+                    last_sequence BIGINT UNSIGNED NOT NULL,
+                    last_ranges LONGBLOB NOT NULL,
+                    updated_at BIGINT UNSIGNED NOT NULL,
+                    KEY updated_at (updated_at)
+                ) ENGINE=InnoDB"
+            ),
         ];
         self.with_conn("create tables", "", |conn| {
             for statement in &statements {
                 conn.query_drop(statement)?;
             }
             Ok(())
+        })
+    }
+
+    /// Inserts this store's appender row, so that appends lock an existing
+    /// row, and deletes the rows of stores that stopped long ago.
+    fn register_appender(&self) -> StoreResult<()> {
+        let appenders = &self.tables.appenders;
+        let now = crate::unix_time_ms();
+        let stale_before = now.saturating_sub(STALE_APPENDER_AGE.as_millis() as u64);
+        let delete_stale = format!("DELETE FROM {appenders} WHERE updated_at < ?");
+        let insert = format!(
+            "INSERT IGNORE INTO {appenders} (appender, last_sequence, last_ranges, updated_at) \
+             VALUES (?, 0, '', ?)"
+        );
+        self.with_conn("register appender", &self.appender, |conn| {
+            conn.exec_drop(&delete_stale, (stale_before,))?;
+            conn.exec_drop(&insert, (self.appender.as_bytes(), now))
         })
     }
 
@@ -219,7 +284,7 @@ impl MysqlStore {
         key: &str,
         mut request: impl FnMut(&mut PooledConn) -> mysql::Result<T>,
     ) -> StoreResult<T> {
-        with_backoff(|| {
+        with_backoff(self.retry_timeout, || {
             let mut conn = self
                 .pool
                 .get_conn()
@@ -229,7 +294,7 @@ impl MysqlStore {
         })
     }
 
-    /// Drops the four tables and everything in them.
+    /// Drops the five tables and everything in them.
     ///
     /// # Errors
     ///
@@ -240,14 +305,22 @@ impl MysqlStore {
             messages,
             sessions,
             retained,
+            appenders,
         } = &self.tables;
-        let statement =
-            format!("DROP TABLE IF EXISTS {queues}, {messages}, {sessions}, {retained}");
+        let statement = format!(
+            "DROP TABLE IF EXISTS {queues}, {messages}, {sessions}, {retained}, {appenders}"
+        );
         self.with_conn("drop tables", "", |conn| conn.query_drop(&statement))
     }
 
-    /// Writes one group commit in one transaction.
-    fn append_once(&self, batches: &[QueueBatch<'_>]) -> StoreResult<Vec<Range<u64>>> {
+    /// Writes one group commit in one transaction, unless this appender's
+    /// row shows that an earlier attempt committed `sequence`; then returns
+    /// the offsets that attempt assigned.
+    fn append_once(
+        &self,
+        batches: &[QueueBatch<'_>],
+        sequence: u64,
+    ) -> StoreResult<Vec<Range<u64>>> {
         let key = batches.first().map_or("", |batch| batch.queue);
         let not_committed = |error| classify("append", key, error, RequestState::NotSent);
 
@@ -255,6 +328,34 @@ impl MysqlStore {
         let mut transaction = conn
             .start_transaction(TxOpts::default())
             .map_err(not_committed)?;
+
+        // The row lock also waits for an earlier attempt whose transaction
+        // the server has not yet ended, so its outcome is known here.
+        let lock_appender = format!(
+            "SELECT last_sequence, last_ranges FROM {} WHERE appender = ? FOR UPDATE",
+            self.tables.appenders
+        );
+        let last: Option<(u64, Vec<u8>)> = transaction
+            .exec_first(&lock_appender, (self.appender.as_bytes(),))
+            .map_err(not_committed)?;
+        if let Some((last_sequence, last_ranges)) = last {
+            if last_sequence == sequence {
+                return decode_ranges(&last_ranges)
+                    .ok_or_else(|| corrupt_ranges(key, last_ranges.len()));
+            }
+            if last_sequence > sequence {
+                return Err(StoreError::Corrupt {
+                    backend: BACKEND,
+                    operation: "append",
+                    key: key.to_owned(),
+                    detail: format!(
+                        "appender {} last committed sequence {last_sequence}, above this \
+                         append's {sequence}",
+                        self.appender
+                    ),
+                });
+            }
+        }
 
         // Lock each queue's counter row in name order, so concurrent appends
         // to the same queues take their locks in one order. A deadlock that
@@ -307,6 +408,31 @@ impl MysqlStore {
                 .map_err(not_committed)?;
         }
 
+        // An upsert, because `open` of another store may have deleted this
+        // row after a week without commits.
+        let record_append = format!(
+            "INSERT INTO {} (appender, last_sequence, last_ranges, updated_at) \
+             VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE last_sequence = ?, last_ranges = ?, updated_at = ?",
+            self.tables.appenders
+        );
+        let encoded_ranges = encode_ranges(&ranges);
+        let now = crate::unix_time_ms();
+        transaction
+            .exec_drop(
+                &record_append,
+                (
+                    self.appender.as_bytes(),
+                    sequence,
+                    encoded_ranges.as_slice(),
+                    now,
+                    sequence,
+                    encoded_ranges.as_slice(),
+                    now,
+                ),
+            )
+            .map_err(not_committed)?;
+
         transaction
             .commit()
             .map_err(|error| classify("append", key, error, RequestState::MaybeApplied))?;
@@ -355,9 +481,15 @@ impl Store for MysqlStore {
         for batch in batches {
             check_length("append", batch.queue, MAX_NAME_BYTES)?;
         }
-        // A failure before COMMIT was sent rolls the transaction back, so
-        // only those failures are retried; see `append_once`.
-        with_backoff(|| self.append_once(batches))
+        let mut sequence = self
+            .append_sequence
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *sequence += 1;
+        // A failure before COMMIT was sent rolls the transaction back. A
+        // failure after it is retried too, because `append_once` commits
+        // each sequence number at most once.
+        with_backoff_deduplicated(self.retry_timeout, || self.append_once(batches, *sequence))
     }
 
     fn read_by_offset(&self, queue: &str, offset: u64, limit: usize) -> StoreResult<Vec<Message>> {
@@ -544,31 +676,84 @@ fn classify(
     error: mysql::Error,
     state: RequestState,
 ) -> StoreError {
-    match &error {
-        mysql::Error::MySqlError(server_error) => StoreError::Backend {
-            backend: BACKEND,
-            operation,
-            key: key.to_owned(),
-            retryable: RETRYABLE_SERVER_ERRORS.contains(&server_error.code),
-            source: SourceError::new(error),
-        },
-        mysql::Error::IoError(_) | mysql::Error::DriverError(_) | mysql::Error::CodecError(_) => {
-            let maybe_applied = state == RequestState::MaybeApplied;
-            connection_error(
-                BACKEND,
-                operation,
-                key,
-                maybe_applied,
-                SourceError::new(error),
-            )
+    let maybe_applied = state == RequestState::MaybeApplied;
+    let connection_failed = match &error {
+        mysql::Error::MySqlError(server_error) => {
+            CONNECTION_ENDED_SERVER_ERRORS.contains(&server_error.code)
         }
-        _ => StoreError::Backend {
-            backend: BACKEND,
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => true,
+        // The other driver errors come from the request or the settings and
+        // fail the same way when repeated.
+        mysql::Error::DriverError(driver_error) => matches!(
+            driver_error,
+            DriverError::ConnectTimeout
+                | DriverError::CouldNotConnect(_)
+                | DriverError::PacketOutOfSync
+                | DriverError::UnexpectedPacket
+                | DriverError::Timeout
+        ),
+        _ => false,
+    };
+    if connection_failed {
+        return connection_error(
+            BACKEND,
             operation,
-            key: key.to_owned(),
-            retryable: false,
-            source: SourceError::new(error),
-        },
+            key,
+            maybe_applied,
+            SourceError::new(error),
+        );
+    }
+    let retryable = match &error {
+        mysql::Error::MySqlError(server_error) => {
+            RETRYABLE_SERVER_ERRORS.contains(&server_error.code)
+        }
+        _ => false,
+    };
+    StoreError::Backend {
+        backend: BACKEND,
+        operation,
+        key: key.to_owned(),
+        retryable,
+        source: SourceError::new(error),
+    }
+}
+
+/// Encodes offset ranges as pairs of big-endian u64 (start, end).
+fn encode_ranges(ranges: &[Range<u64>]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(ranges.len() * 16);
+    for range in ranges {
+        bytes.extend_from_slice(&range.start.to_be_bytes());
+        bytes.extend_from_slice(&range.end.to_be_bytes());
+    }
+    bytes
+}
+
+/// Decodes [`encode_ranges`] output; `None` when the length is not a
+/// multiple of 16.
+fn decode_ranges(bytes: &[u8]) -> Option<Vec<Range<u64>>> {
+    let pairs = bytes.chunks_exact(16);
+    if !pairs.remainder().is_empty() {
+        return None;
+    }
+    let ranges = pairs
+        .map(|pair| {
+            let (start, end) = pair.split_at(8);
+            let start = u64::from_be_bytes(start.try_into().expect("8 bytes"));
+            let end = u64::from_be_bytes(end.try_into().expect("8 bytes"));
+            start..end
+        })
+        .collect();
+    Some(ranges)
+}
+
+fn corrupt_ranges(key: &str, length: usize) -> StoreError {
+    StoreError::Corrupt {
+        backend: BACKEND,
+        operation: "append",
+        key: key.to_owned(),
+        detail: format!(
+            "stored offsets of the last append are {length} bytes, not a multiple of 16"
+        ),
     }
 }
 
@@ -599,5 +784,87 @@ fn decode_failed(operation: &'static str, key: &str, error: DecodeError) -> Stor
         operation,
         key: key.to_owned(),
         detail: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opens a store under a fresh table prefix on the server that
+    /// `tests/services.sh` starts.
+    fn open_test_store() -> MysqlStore {
+        let url = std::env::var("COREMQ_TEST_MYSQL_URL").unwrap_or_else(|_| {
+            panic!(
+                "COREMQ_TEST_MYSQL_URL is not set; start the test servers with \
+                 `eval \"$(tests/services.sh)\"` from the repository root"
+            )
+        });
+        let mut config = MysqlConfig::new(url);
+        config.table_prefix = format!("t{}_", &new_appender_id()[..16]);
+        MysqlStore::open(&config).expect("open mysql")
+    }
+
+    fn message(payload: &str) -> Message {
+        Message {
+            topic: "t".to_owned(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn repeated_sequence_stored_once() {
+        let store = open_test_store();
+        let first = [message("a"), message("b")];
+        let batches = [QueueBatch {
+            queue: "q",
+            messages: &first,
+        }];
+        let ranges = store.append_once(&batches, 1).expect("first attempt");
+        let repeated = store.append_once(&batches, 1).expect("repeated attempt");
+        let stored = store.read_by_offset("q", 0, 10).expect("read");
+        let next = store.append_once(&batches, 2).expect("next append");
+        let stale = store.append_once(&batches, 1);
+        store.drop_tables().expect("drop test tables");
+
+        assert_eq!(ranges, vec![1..3]);
+        assert_eq!(repeated, ranges);
+        assert_eq!(stored.len(), 2);
+        assert_eq!(next, vec![3..5]);
+        assert!(
+            matches!(stale, Err(StoreError::Corrupt { .. })),
+            "{stale:?}"
+        );
+    }
+
+    #[test]
+    fn full_group_of_batches_recorded() {
+        let store = open_test_store();
+        let single = [message("a")];
+        let queues: Vec<String> = (0..crate::DEFAULT_MAX_GROUP_MESSAGES)
+            .map(|index| format!("q{}", index % 4))
+            .collect();
+        let batches: Vec<QueueBatch<'_>> = queues
+            .iter()
+            .map(|queue| QueueBatch {
+                queue,
+                messages: &single,
+            })
+            .collect();
+        let ranges = store.append_once(&batches, 1);
+        let repeated = store.append_once(&batches, 1);
+        store.drop_tables().expect("drop test tables");
+
+        let ranges = ranges.expect("append one group of single-message batches");
+        assert_eq!(ranges.len(), crate::DEFAULT_MAX_GROUP_MESSAGES);
+        assert_eq!(repeated.expect("repeated attempt"), ranges);
+    }
+
+    #[test]
+    fn ranges_round_trip() {
+        let ranges = vec![1..3, 7..7, u64::MAX - 1..u64::MAX];
+        assert_eq!(decode_ranges(&encode_ranges(&ranges)), Some(ranges));
+        assert_eq!(decode_ranges(&[0; 15]), None);
     }
 }

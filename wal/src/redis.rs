@@ -9,6 +9,9 @@
 //! - `sessions` and `retained`: hashes of encoded records by client id and
 //!   by topic, plus `sessions:expiry` and `retained:expiry`, sorted sets of
 //!   expiry times that [`Store::purge_expired`] reads.
+//! - `appender:<id>`: sequence number and offsets of the last group commit
+//!   of one open store, so that a commit whose reply was lost can be retried
+//!   without storing it twice. It expires a day after the last commit.
 //!
 //! A group commit is one Lua script call, which Redis runs without
 //! interleaving other commands. Durability is the server's: each write is
@@ -24,7 +27,10 @@ use redis::{Client, Connection, RedisError, Script};
 
 use crate::codec::{self, DecodeError};
 use crate::error::SourceError;
-use crate::retry::{connection_error, with_backoff};
+use crate::retry::{
+    connection_error, new_appender_id, with_backoff, with_backoff_deduplicated,
+    DEFAULT_RETRY_TIMEOUT,
+};
 use crate::{
     Durability, Message, PurgeReport, QueueBatch, SessionRecord, Store, StoreError, StoreResult,
 };
@@ -43,19 +49,45 @@ const MAX_IDLE_CONNECTIONS: usize = 8;
 /// repeated.
 const RETRYABLE_SERVER_CODES: [&str; 4] = ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"];
 
-/// Appends batches: KEYS are (counter, log) pairs, one per batch; ARGV contains
-/// per batch the message count followed by the message bodies. Returns the
-/// first offset of each batch. Each member is prefixed with its offset as 8
-/// big-endian bytes, built with string.char because Redis's Lua 5.1 has no
-/// integer packing.
+/// Appends batches once per sequence number. KEYS[1] is the appender key,
+/// followed by one (counter, log) pair per batch. ARGV[1] is the append's
+/// sequence number and ARGV[2] the appender key's lifetime in seconds,
+/// followed per batch by the message count and the message bodies. Returns
+/// the first offset of each batch.
+///
+/// The appender key contains `<sequence>:<start>,<start>,...` of the last
+/// append applied. When the sequence number equals it, the append was
+/// applied by an attempt whose reply was lost, so the script returns the
+/// stored starts and writes nothing. A lower sequence number is a delayed
+/// duplicate of an append that was already answered, and is rejected.
+///
+/// Each member is prefixed with its offset as 8 big-endian bytes, built
+/// with string.char because Redis's Lua 5.1 has no integer packing.
 ///
 /// NOTE: Redis does not roll back a script that fails midway (for example
 /// on an out-of-memory error), so such a failure can leave part of a group
 /// stored.
 const APPEND_SCRIPT: &str = r"
+local sequence = tonumber(ARGV[1])
+local previous = redis.call('GET', KEYS[1])
+if previous then
+  local separator = string.find(previous, ':', 1, true)
+  local last_sequence = tonumber(string.sub(previous, 1, separator - 1))
+  if last_sequence == sequence then
+    local stored = {}
+    for start in string.gmatch(string.sub(previous, separator + 1), '%d+') do
+      stored[#stored + 1] = tonumber(start)
+    end
+    return stored
+  end
+  if last_sequence > sequence then
+    return redis.error_reply('STALE append ' .. ARGV[1] .. ' is older than the last applied append ' .. last_sequence)
+  end
+end
 local starts = {}
-local arg_index = 1
-for key_index = 1, #KEYS, 2 do
+local encoded = {}
+local arg_index = 3
+for key_index = 2, #KEYS, 2 do
   local count = tonumber(ARGV[arg_index])
   arg_index = arg_index + 1
   local last = redis.call('INCRBY', KEYS[key_index], count)
@@ -72,9 +104,16 @@ for key_index = 1, #KEYS, 2 do
     arg_index = arg_index + 1
   end
   starts[#starts + 1] = start
+  encoded[#encoded + 1] = string.format('%d', start)
 end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. table.concat(encoded, ','), 'EX', ARGV[2])
 return starts
 ";
+
+/// Lifetime of an appender key, in seconds, renewed by each append. Far
+/// longer than any retry, so the key outlives every repeat of its last
+/// append, and short enough that the keys of stopped brokers go away.
+const APPENDER_KEY_LIFETIME_SECS: u64 = 24 * 60 * 60;
 
 /// Removes entries of the hash KEYS[2] whose expiry in the sorted set
 /// KEYS[1] is at or before ARGV[1]; returns how many were removed.
@@ -98,16 +137,20 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Expected durability; see the module docs.
     pub durability: Durability,
+    /// How long a request keeps retrying while the server is unreachable,
+    /// counted from its first attempt. Default [`DEFAULT_RETRY_TIMEOUT`].
+    pub retry_timeout: Duration,
 }
 
 impl RedisConfig {
-    /// Creates a config for `url` with the default key prefix and
-    /// [`Durability::Fsync`].
+    /// Creates a config for `url` with the default key prefix,
+    /// [`Durability::Fsync`] and the default retry timeout.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             key_prefix: "coremq:".to_owned(),
             durability: Durability::Fsync,
+            retry_timeout: DEFAULT_RETRY_TIMEOUT,
         }
     }
 }
@@ -119,6 +162,13 @@ pub struct RedisStore {
     prefix: String,
     append_script: Script,
     purge_script: Script,
+    retry_timeout: Duration,
+    /// Key of this store's last applied append; see [`APPEND_SCRIPT`].
+    appender_key: String,
+    /// Sequence number of the last append started. The lock also makes
+    /// appends through this store run one at a time, which the script's
+    /// check of the last sequence number relies on.
+    append_sequence: Mutex<u64>,
 }
 
 /// How far a request got before it failed.
@@ -126,7 +176,8 @@ pub struct RedisStore {
 enum RequestKind {
     /// Repeating the request gives the same result.
     Idempotent,
-    /// Repeating the request could store its data twice.
+    /// Repeating the request could store its data twice, so a connection
+    /// lost after it was sent leaves its outcome unknown.
     NotIdempotent,
 }
 
@@ -136,8 +187,8 @@ impl RedisStore {
     /// # Errors
     ///
     /// Returns [`StoreError::InvalidInput`] for a bad URL and
-    /// [`StoreError::Unavailable`] when the server cannot be reached after
-    /// retries.
+    /// [`StoreError::Unavailable`] when the server cannot be reached within
+    /// [`RedisConfig::retry_timeout`].
     pub fn open(config: &RedisConfig) -> StoreResult<Self> {
         let client =
             Client::open(config.url.as_str()).map_err(|error| StoreError::InvalidInput {
@@ -152,6 +203,9 @@ impl RedisStore {
             prefix: config.key_prefix.clone(),
             append_script: Script::new(APPEND_SCRIPT),
             purge_script: Script::new(PURGE_SCRIPT),
+            retry_timeout: config.retry_timeout,
+            appender_key: format!("{}appender:{}", config.key_prefix, new_appender_id()),
+            append_sequence: Mutex::new(0),
         };
         store.request("open", "", RequestKind::Idempotent, |conn| {
             redis::cmd("PING").query::<String>(conn)
@@ -224,6 +278,56 @@ impl RedisStore {
         )
     }
 
+    /// Appends `batches` as this store's append number `sequence`, or
+    /// returns the offsets stored for it when an earlier attempt applied it.
+    /// The caller holds the `append_sequence` lock.
+    fn append_sequenced(
+        &self,
+        batches: &[QueueBatch<'_>],
+        sequence: u64,
+    ) -> StoreResult<Vec<Range<u64>>> {
+        let key = batches.first().map_or("", |batch| batch.queue);
+        let mut invocation = self.append_script.prepare_invoke();
+        invocation
+            .key(&self.appender_key)
+            .arg(sequence)
+            .arg(APPENDER_KEY_LIFETIME_SECS);
+        for batch in batches {
+            invocation
+                .key(self.counter_key(batch.queue))
+                .key(self.log_key(batch.queue))
+                .arg(batch.messages.len());
+            for message in batch.messages {
+                invocation.arg(codec::encode_message_body(message));
+            }
+        }
+        // The script is applied at most once per sequence number, so a
+        // connection lost after it was sent is retried; see APPEND_SCRIPT.
+        let starts: Vec<u64> = with_backoff_deduplicated(self.retry_timeout, || {
+            self.request_once("append", key, RequestKind::NotIdempotent, &mut |conn| {
+                invocation.invoke(conn)
+            })
+        })?;
+        if starts.len() != batches.len() {
+            return Err(StoreError::Corrupt {
+                backend: BACKEND,
+                operation: "append",
+                key: key.to_owned(),
+                detail: format!(
+                    "append script returned {} offsets for {} batches",
+                    starts.len(),
+                    batches.len()
+                ),
+            });
+        }
+        let ranges = starts
+            .into_iter()
+            .zip(batches)
+            .map(|(start, batch)| start..start + batch.messages.len() as u64)
+            .collect();
+        Ok(ranges)
+    }
+
     fn counter_key(&self, queue: &str) -> String {
         format!("{}queue:{queue}:next", self.prefix)
     }
@@ -240,8 +344,7 @@ impl RedisStore {
         format!("{}{kind}:expiry", self.prefix)
     }
 
-    /// Runs `request` on a pooled connection with retries. A connection
-    /// that failed is dropped, not returned to the pool.
+    /// Runs `request` on a pooled connection with retries.
     fn request<T>(
         &self,
         operation: &'static str,
@@ -249,24 +352,49 @@ impl RedisStore {
         kind: RequestKind,
         mut request: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> StoreResult<T> {
-        with_backoff(|| {
-            let mut conn = self.take_connection(operation, key)?;
-            match request(&mut conn) {
-                Ok(value) => {
-                    self.return_connection(conn);
-                    Ok(value)
-                }
-                Err(error) => Err(classify(operation, key, error, kind)),
-            }
+        with_backoff(self.retry_timeout, || {
+            self.request_once(operation, key, kind, &mut request)
         })
     }
 
-    fn take_connection(&self, operation: &'static str, key: &str) -> StoreResult<Connection> {
-        let idle = self
-            .idle
+    /// Runs `request` once on a pooled connection. A connection that failed
+    /// is dropped, not returned to the pool. After a lost connection the
+    /// idle ones are dropped too, because a server restart has closed them
+    /// all, and a write sent on one would fail only after it was sent.
+    fn request_once<T>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        kind: RequestKind,
+        request: &mut impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> StoreResult<T> {
+        let mut conn = self.take_connection(operation, key)?;
+        match request(&mut conn) {
+            Ok(value) => {
+                self.return_connection(conn);
+                Ok(value)
+            }
+            Err(error) => {
+                let error = classify(operation, key, error, kind);
+                if matches!(
+                    error,
+                    StoreError::Unavailable { .. } | StoreError::OutcomeUnknown { .. }
+                ) {
+                    self.idle_connections().clear();
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn idle_connections(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
+    }
+
+    fn take_connection(&self, operation: &'static str, key: &str) -> StoreResult<Connection> {
+        let idle = self.idle_connections().pop();
         if let Some(conn) = idle {
             return Ok(conn);
         }
@@ -288,10 +416,7 @@ impl RedisStore {
     }
 
     fn return_connection(&self, conn: Connection) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self.idle_connections();
         if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(conn);
         }
@@ -364,40 +489,12 @@ impl Store for RedisStore {
     }
 
     fn append_many(&self, batches: &[QueueBatch<'_>]) -> StoreResult<Vec<Range<u64>>> {
-        let key = batches.first().map_or("", |batch| batch.queue);
-        let mut invocation = self.append_script.prepare_invoke();
-        for batch in batches {
-            invocation
-                .key(self.counter_key(batch.queue))
-                .key(self.log_key(batch.queue))
-                .arg(batch.messages.len());
-            for message in batch.messages {
-                invocation.arg(codec::encode_message_body(message));
-            }
-        }
-        // The script is not idempotent, so a connection lost after it was
-        // sent is reported as OutcomeUnknown rather than retried.
-        let starts: Vec<u64> = self.request("append", key, RequestKind::NotIdempotent, |conn| {
-            invocation.invoke(conn)
-        })?;
-        if starts.len() != batches.len() {
-            return Err(StoreError::Corrupt {
-                backend: BACKEND,
-                operation: "append",
-                key: key.to_owned(),
-                detail: format!(
-                    "append script returned {} offsets for {} batches",
-                    starts.len(),
-                    batches.len()
-                ),
-            });
-        }
-        let ranges = starts
-            .into_iter()
-            .zip(batches)
-            .map(|(start, batch)| start..start + batch.messages.len() as u64)
-            .collect();
-        Ok(ranges)
+        let mut sequence = self
+            .append_sequence
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *sequence += 1;
+        self.append_sequenced(batches, *sequence)
     }
 
     fn read_by_offset(&self, queue: &str, offset: u64, limit: usize) -> StoreResult<Vec<Message>> {
@@ -568,5 +665,65 @@ fn decode_failed(operation: &'static str, key: &str, error: DecodeError) -> Stor
         operation,
         key: key.to_owned(),
         detail: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opens a store under a fresh key prefix on the server that
+    /// `tests/services.sh` starts.
+    fn open_test_store() -> RedisStore {
+        let url = std::env::var("COREMQ_TEST_REDIS_URL").unwrap_or_else(|_| {
+            panic!(
+                "COREMQ_TEST_REDIS_URL is not set; start the test servers with \
+                 `eval \"$(tests/services.sh)\"` from the repository root"
+            )
+        });
+        let mut config = RedisConfig::new(url);
+        config.key_prefix = format!("coremq-test:{}:", new_appender_id());
+        RedisStore::open(&config).expect("open redis")
+    }
+
+    fn message(payload: &str) -> Message {
+        Message {
+            topic: "t".to_owned(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn repeated_sequence_stored_once() {
+        let store = open_test_store();
+        let first = [message("a"), message("b")];
+        let batches = [QueueBatch {
+            queue: "q",
+            messages: &first,
+        }];
+        let ranges = store.append_sequenced(&batches, 1).expect("first attempt");
+        let repeated = store
+            .append_sequenced(&batches, 1)
+            .expect("repeated attempt");
+        let stored = store.read_by_offset("q", 0, 10).expect("read");
+        let next = store.append_sequenced(&batches, 2).expect("next append");
+        let stale = store.append_sequenced(&batches, 1);
+        store.delete_keys().expect("delete test keys");
+
+        assert_eq!(ranges, vec![1..3]);
+        assert_eq!(repeated, ranges);
+        assert_eq!(stored.len(), 2);
+        assert_eq!(next, vec![3..5]);
+        assert!(
+            matches!(
+                stale,
+                Err(StoreError::Backend {
+                    retryable: false,
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
     }
 }
