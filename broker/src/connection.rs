@@ -22,6 +22,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::linger::FlushClock;
 use crate::listener::{Endpoint, Transport};
 use crate::login::{self, Reauthentication};
 
@@ -60,6 +61,8 @@ pub struct ConnectionContext {
     /// Open connections over all shards, for `max-connections`.
     connections: Arc<AtomicUsize>,
     next_conn_id: Rc<Cell<u64>>,
+    /// Batches writes to busy sockets (`write-linger-us`).
+    flush_clock: Rc<FlushClock>,
 }
 
 impl ConnectionContext {
@@ -73,12 +76,14 @@ impl ConnectionContext {
         if let Some(acl) = config.security.acl() {
             shard.set_authorizer(acl);
         }
+        let flush_clock = FlushClock::new(shard.limits().write_linger);
         ConnectionContext {
             shard,
             config: Rc::new(config),
             endpoints: endpoints.into(),
             connections,
             next_conn_id: Rc::new(Cell::new(1)),
+            flush_clock,
         }
     }
 }
@@ -468,7 +473,11 @@ async fn run_session(
     ));
 
     let (reader, writer) = futures_lite::io::split(stream);
-    let writer_task = glommio::spawn_local(write_loop(conn.clone(), writer, limits.write_linger));
+    let writer_task = glommio::spawn_local(write_loop(
+        conn.clone(),
+        writer,
+        context.flush_clock.clone(),
+    ));
 
     let outcome = shard
         .connect(conn.clone(), connect, client_id.clone(), assigned)
@@ -686,21 +695,21 @@ fn resolve_alias(
 /// the peer does not read within [`CLOSE_FLUSH_TIMEOUT`].
 ///
 /// Deliveries to a busy socket are batched: when the last write was less
-/// than `linger` ago, the writer waits until `linger` has passed since it,
-/// so that what arrives meanwhile leaves in the same write. Most of the
+/// than the clock's period ago, the writer waits for the shard's next
+/// flush tick, so that what arrives meanwhile leaves in the same write. Most of the
 /// cost of a small write on Linux is waking the reader on the other end,
 /// so one write of two messages costs little more than one of a single
-/// message. A socket written to less often than once per `linger` is
-/// never held, and replies (see [`Conn::is_urgent`]) are never held.
-async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<Transport>, linger: Duration) {
+/// message. A socket written to less often than once per period is never
+/// held, and replies (see [`Conn::is_urgent`]) are never held.
+async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<Transport>, clock: Rc<FlushClock>) {
+    let linger = clock.period();
     let mut last_write: Option<Instant> = None;
     loop {
         conn.ready().await;
         if let Some(last) = last_write.filter(|_| !linger.is_zero()) {
-            let due = last + linger;
-            let now = Instant::now();
-            if now < due && !conn.is_urgent() && conn.output_len() < LINGER_MAX_BYTES {
-                future::or(glommio::timer::sleep(due - now), conn.urgent()).await;
+            if last.elapsed() < linger && !conn.is_urgent() && conn.output_len() < LINGER_MAX_BYTES
+            {
+                future::or(clock.next_tick(), conn.urgent()).await;
             }
         }
         let output = conn.take_output();

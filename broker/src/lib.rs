@@ -11,6 +11,7 @@ pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod linger;
 pub mod listener;
 pub mod login;
 pub mod server;

@@ -57,6 +57,8 @@ pub struct Conn {
     /// waiting for (CONNACK, PUBACK, SUBACK, PINGRESP...), which the
     /// writer must not hold back to batch it with later deliveries.
     urgent: Cell<bool>,
+    /// Writer waiting in [`Conn::urgent`], woken only by urgent output.
+    urgent_waker: Cell<Option<Waker>>,
 }
 
 impl Conn {
@@ -83,6 +85,7 @@ impl Conn {
             dropped: Cell::new(0),
             write_progress: Cell::new(None),
             urgent: Cell::new(false),
+            urgent_waker: Cell::new(None),
         }
     }
 
@@ -99,6 +102,9 @@ impl Conn {
         encode(packet, self.protocol, &mut self.output.borrow_mut());
         if !matches!(packet, Packet::Publish(_)) {
             self.urgent.set(true);
+            if let Some(waker) = self.urgent_waker.take() {
+                waker.wake();
+            }
         }
         self.wake();
         true
@@ -195,6 +201,9 @@ impl Conn {
             self.close.set(Some(request));
         }
         self.wake();
+        if let Some(waker) = self.urgent_waker.take() {
+            waker.wake();
+        }
         if let Some(waker) = self.close_waker.take() {
             waker.wake();
         }
@@ -284,7 +293,12 @@ impl Future for OutputReady {
         if ready {
             return Poll::Ready(());
         }
-        conn.waker.set(Some(cx.waker().clone()));
+        let slot = if self.urgent_only {
+            &conn.urgent_waker
+        } else {
+            &conn.waker
+        };
+        slot.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 }

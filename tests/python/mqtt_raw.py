@@ -167,14 +167,19 @@ def encode_auth(reason: int, properties: dict) -> bytes:
 
 
 def encode_publish(
-    topic: str, qos: int, packet_id: int | None, payload: bytes, version: int = 5
+    topic: str,
+    qos: int,
+    packet_id: int | None,
+    payload: bytes,
+    version: int = 5,
+    retain: bool = False,
 ) -> bytes:
     body = encode_string(topic)
     if qos > 0:
         body += packet_id.to_bytes(2, "big")
     if version == 5:
         body += encode_properties(None)
-    return packet((PUBLISH << 4) | (qos << 1), body + payload)
+    return packet((PUBLISH << 4) | (qos << 1) | int(retain), body + payload)
 
 
 def encode_subscribe(packet_id: int, filters: list[tuple[str, int]], version: int = 5) -> bytes:

@@ -321,3 +321,53 @@ def test_long_outage_disconnects_publisher(broker_factory, mqtt, store_server):
 
     wait_until(all_received, 15, "m0 to m9 at the subscriber")
     assert set(range(10)) - received == set()
+
+
+@pytest.mark.parametrize("store_server", ["redis"], indirect=True)
+def test_unstored_retained_message_is_not_acknowledged(broker_factory, mqtt, store_server):
+    """A retained QoS 1 message that nobody subscribes to is only stored as retained; when
+    that write fails for good, the broker must withhold its PUBACK too."""
+    backend, server = store_server
+    broker = start_broker(
+        broker_factory, backend, server, "--storage-retry-timeout", str(SHORT_RETRY_TIMEOUT_SECONDS)
+    )
+    run = uuid.uuid4().hex[:8]
+    topic = f"outage/retained/{run}"
+
+    server.signal_and_wait(signal.SIGKILL)
+    publisher = RawClient(broker.host, broker.port, timeout=PUBACK_TIMEOUT_SECONDS)
+    publisher.send(encode_connect(f"pub-{run}"))
+    assert parse_connack(publisher.expect(CONNACK))[1] == 0
+    publisher.send(encode_publish(topic, 1, 1, b"kept", retain=True))
+    packet_type, _, body = publisher.read_packet(SHORT_RETRY_TIMEOUT_SECONDS + 15)
+    assert packet_type == DISCONNECT_TYPE, (
+        f"expected DISCONNECT for an unstored retained message, got packet type {packet_type}"
+    )
+    assert parse_reason_and_properties(body)[0] == UNSPECIFIED_ERROR
+    publisher.close()
+
+    server.start()
+    publisher = RawClient(broker.host, broker.port, timeout=PUBACK_TIMEOUT_SECONDS)
+    publisher.send(encode_connect(f"pub-{run}"))
+    assert parse_connack(publisher.expect(CONNACK))[1] == 0
+    publisher.send(encode_publish(topic, 1, 1, b"kept", retain=True))
+    assert parse_pub_response(publisher.expect(PUBACK))[0] == 1
+    publisher.close()
+
+    # The re-sent message is retained, in the store as well as in memory: it survives a
+    # restart of the broker on the same server.
+    broker.expect_exit = True
+    broker.stop()
+    broker = start_broker(broker_factory, backend, server)
+    subscriber = mqtt(broker, f"sub-{run}")
+    subscriber.connect(clean_start=True)
+    subscriber.subscribe(topic, qos=1)
+
+    retained: list = []
+
+    def got_retained() -> bool:
+        retained.extend(subscriber.drain())
+        return bool(retained)
+
+    wait_until(got_retained, 10, "the retained message after the restart")
+    assert retained[0].payload == b"kept" and retained[0].retain

@@ -207,6 +207,15 @@ impl Shard {
     }
 
     async fn flush(&self, outbox: Outbox) {
+        // Callers with no acknowledgement to withhold only log a failure.
+        let _stored = self.try_flush(outbox).await;
+    }
+
+    /// Carries out `outbox` and returns false when one of its store writes
+    /// failed (after the store's retries), so that the caller withholds the
+    /// acknowledgement that depends on it.
+    async fn try_flush(&self, outbox: Outbox) -> bool {
+        let mut stored = true;
         let persistence = self.state.borrow().persistence.clone();
         if let Some(persistence) = persistence {
             for op in outbox.store {
@@ -218,6 +227,7 @@ impl Shard {
                 };
                 if let Err(error) = result {
                     error!(%error, "cannot store retained message");
+                    stored = false;
                 }
             }
         }
@@ -228,6 +238,7 @@ impl Shard {
             // A dropped sender means the peer shard stopped; nothing to wait for.
             let _ = ack.await;
         }
+        stored
     }
 
     /// Applies a message received from another shard.
@@ -397,13 +408,13 @@ impl Shard {
                 if let Err(close) = self.persist_session_now(client_id).await {
                     // The messages are in the log: route them, so that the
                     // client's re-sends are answered without a second copy.
-                    self.route_steps(conn, steps).await;
+                    let _ = self.route_steps(conn, steps).await;
                     return Err(close);
                 }
             }
         }
 
-        for reply in self.route_steps(conn, steps).await {
+        for reply in self.route_steps(conn, steps).await? {
             conn.send(&reply);
         }
         closing.map_or(Ok(()), Err)
@@ -462,8 +473,14 @@ impl Shard {
     }
 
     /// Routes the publications of `steps` and returns the replies owed, in
-    /// order, once every routing message is out.
-    async fn route_steps(&self, conn: &Rc<Conn>, steps: Vec<PublishStep>) -> Vec<Packet> {
+    /// order, once every routing message is out. When a retained message
+    /// cannot be stored, no reply is owed: the client is disconnected with
+    /// 0x80 and re-sends after reconnecting.
+    async fn route_steps(
+        &self,
+        conn: &Rc<Conn>,
+        steps: Vec<PublishStep>,
+    ) -> Result<Vec<Packet>, CloseRequest> {
         let mut outbox = Outbox::default();
         let mut replies = Vec::new();
         {
@@ -486,8 +503,10 @@ impl Shard {
                 }
             }
         }
-        self.flush(outbox).await;
-        replies
+        if !self.try_flush(outbox).await {
+            return Err(close_with(ReasonCode::UNSPECIFIED_ERROR));
+        }
+        Ok(replies)
     }
 
     async fn handle_subscribe(
