@@ -158,6 +158,32 @@ async fn serve_counted(
     accepted: Accepted,
     refusal: Option<ReasonCode>,
 ) {
+    // Both steps are boxed: a task is as large as its largest await point,
+    // and the handshake's state is not needed for the connection's life.
+    let Some(established) = Box::pin(establish(context, accepted, refusal)).await else {
+        return;
+    };
+    Box::pin(run_session(context, established)).await;
+}
+
+/// A connection whose CONNECT was accepted by its owner shard.
+struct Established<'a> {
+    stream: Transport,
+    peer: SocketAddr,
+    buffer: BytesMut,
+    connect: Connect,
+    client_id: Arc<str>,
+    assigned: bool,
+    reauthentication: Reauthentication<'a>,
+}
+
+/// Runs the handshakes and reads the CONNECT. Returns `None` when the
+/// connection ended, was refused, or was handed over to another shard.
+async fn establish<'a>(
+    context: &'a ConnectionContext,
+    accepted: Accepted,
+    refusal: Option<ReasonCode>,
+) -> Option<Established<'a>> {
     let handed_over = !accepted.buffered.is_empty();
     let Accepted {
         stream,
@@ -168,14 +194,14 @@ async fn serve_counted(
     } = accepted;
     let Some(endpoint) = context.endpoints.get(listener) else {
         warn!(%peer, listener, "connection from an unknown listener index; closing");
-        return;
+        return None;
     };
     let mut stream = if handed_over {
         stream
     } else {
-        match accept_transport(stream, endpoint, peer).await {
+        match Box::pin(accept_transport(stream, endpoint, peer)).await {
             Some(stream) => stream,
-            None => return,
+            None => return None,
         }
     };
     let limits = context.shard.limits();
@@ -191,35 +217,35 @@ async fn serve_counted(
     let connect = loop {
         if buffer.first().is_some_and(|byte| byte >> 4 != 1) {
             debug!(%peer, "first packet is not CONNECT; closing");
-            return;
+            return None;
         }
         let mut probe = buffer.clone();
         match decode(&mut probe, &pre_connect) {
             Ok(Some(Packet::Connect(connect))) => break *connect,
-            Ok(Some(_)) => return,
+            Ok(Some(_)) => return None,
             Ok(None) => {}
             Err(error) => {
-                reject_connect(&mut stream, &buffer, peer, &error).await;
-                return;
+                Box::pin(reject_connect(&mut stream, &buffer, peer, &error)).await;
+                return None;
             }
         }
         let read = glommio::timer::timeout(CONNECT_TIMEOUT, async {
             Ok(stream.read(&mut scratch).await)
         });
         match read.await {
-            Ok(Ok(0)) => return,
+            Ok(Ok(0)) => return None,
             Ok(Ok(n)) => buffer.extend_from_slice(&scratch[..n]),
             Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
                 info!(%peer, protocol = %endpoint.protocol, %error, "invalid data before CONNECT; closing");
-                return;
+                return None;
             }
             Ok(Err(error)) => {
                 debug!(%peer, %error, "connection closed before CONNECT");
-                return;
+                return None;
             }
             Err(_) => {
                 debug!(%peer, "no CONNECT within the connect timeout; closing");
-                return;
+                return None;
             }
         }
     };
@@ -228,7 +254,7 @@ async fn serve_counted(
     let protocol = connect.protocol;
     if let Some(reason) = refusal {
         send_connack(&mut stream, protocol, reason).await;
-        return;
+        return None;
     }
 
     // Pick the client identifier and the shard that owns its session.
@@ -241,7 +267,7 @@ async fn serve_counted(
                 ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             )
             .await;
-            return;
+            return None;
         }
         let id = assigned_client_id.unwrap_or_else(|| assign_client_id(&context.shard));
         (id, true)
@@ -250,7 +276,7 @@ async fn serve_counted(
     };
     let owner = owner_shard(&client_id, context.shard.shards());
     if owner != context.shard.id() {
-        hand_over(
+        Box::pin(hand_over(
             context,
             stream,
             peer,
@@ -258,9 +284,9 @@ async fn serve_counted(
             buffer,
             assigned.then_some(client_id),
             owner,
-        )
+        ))
         .await;
-        return;
+        return None;
     }
 
     let consumed = buffer.len() - {
@@ -280,37 +306,35 @@ async fn serve_counted(
             None => {
                 warn!(client_id = %client_id, %peer, "client certificate has no Common Name to use as user name; rejecting");
                 send_connack(&mut stream, protocol, ReasonCode::NOT_AUTHORIZED).await;
-                return;
+                return None;
             }
         }
     }
 
     let authenticator = context.config.security.authenticator(listener);
-    let login = match login::authenticate_connect(
+    let login = match Box::pin(login::authenticate_connect(
         authenticator,
         &mut stream,
         &mut buffer,
         &mut connect,
         peer,
         limits.max_packet_size,
-    )
+    ))
     .await
     {
         Ok(login) => login,
-        Err(()) => return,
+        Err(()) => return None,
     };
     let reauthentication = Reauthentication::new(authenticator, login);
-    run_session(
-        context,
+    Some(Established {
         stream,
         peer,
         buffer,
         connect,
-        client_id.into(),
+        client_id: client_id.into(),
         assigned,
         reauthentication,
-    )
-    .await;
+    })
 }
 
 /// Runs the listener's TLS handshake and WebSocket upgrade on a new
@@ -437,16 +461,16 @@ async fn hand_over(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_session(
-    context: &ConnectionContext,
-    stream: Transport,
-    peer: SocketAddr,
-    buffer: BytesMut,
-    connect: Connect,
-    client_id: Arc<str>,
-    assigned: bool,
-    mut reauthentication: Reauthentication<'_>,
-) {
+async fn run_session(context: &ConnectionContext, established: Established<'_>) {
+    let Established {
+        stream,
+        peer,
+        buffer,
+        connect,
+        client_id,
+        assigned,
+        mut reauthentication,
+    } = established;
     let shard = &context.shard;
     let limits = shard.limits();
     let protocol = connect.protocol;
@@ -479,9 +503,7 @@ async fn run_session(
         context.flush_clock.clone(),
     ));
 
-    let outcome = shard
-        .connect(conn.clone(), connect, client_id.clone(), assigned)
-        .await;
+    let outcome = Box::pin(shard.connect(conn.clone(), connect, client_id.clone(), assigned)).await;
     if outcome.reason.is_error() {
         conn.request_close(CloseRequest { reason: None });
         writer_task.await;
@@ -504,7 +526,7 @@ async fn run_session(
         Ending::Server(reason) => conn.request_close(CloseRequest { reason }),
         Ending::Eof | Ending::ReadFailed => conn.request_close(CloseRequest { reason: None }),
     }
-    shard.disconnected(&conn, &client_id, true).await;
+    Box::pin(shard.disconnected(&conn, &client_id, true)).await;
     writer_task.await;
     info!(client_id = %client_id, %peer, ending = ?ending, "disconnected");
 }
@@ -585,7 +607,10 @@ async fn read_loop(
                 }
                 continue;
             }
-            if let Err(close) = context.shard.handle_packet(conn, client_id, packet).await {
+            // Boxed: a connection task is as large as its largest await point,
+            // and it lives as long as the connection.
+            if let Err(close) = Box::pin(context.shard.handle_packet(conn, client_id, packet)).await
+            {
                 return Ending::Server(close.reason);
             }
         }
@@ -638,7 +663,9 @@ async fn handle_publishes(
         return Ok(());
     }
     let batch = std::mem::take(publishes);
-    context.shard.handle_publishes(conn, client_id, batch).await
+    // Boxed, so the connection task is not sized by this future's store
+    // and mesh states; one allocation per read batch.
+    Box::pin(context.shard.handle_publishes(conn, client_id, batch)).await
 }
 
 /// What ended one wait of the reader.
