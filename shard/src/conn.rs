@@ -57,6 +57,9 @@ pub struct Conn {
     /// waiting for (CONNACK, PUBACK, SUBACK, PINGRESP...), which the
     /// writer must not hold back to batch it with later deliveries.
     urgent: Cell<bool>,
+    /// Bytes taken by the writer whose write has not finished; they count
+    /// toward `output_limit` like buffered ones.
+    writing: Cell<usize>,
     /// Writer waiting in [`Conn::urgent`], woken only by urgent output.
     urgent_waker: Cell<Option<Waker>>,
 }
@@ -86,6 +89,7 @@ impl Conn {
             write_progress: Cell::new(None),
             urgent: Cell::new(false),
             urgent_waker: Cell::new(None),
+            writing: Cell::new(0),
         }
     }
 
@@ -136,7 +140,7 @@ impl Conn {
     /// Returns true when the output buffer is over its limit, so that a QoS 0
     /// message should be dropped instead of buffered.
     pub fn is_congested(&self) -> bool {
-        self.output.borrow().len() >= self.output_limit
+        self.output.borrow().len() + self.writing.get() >= self.output_limit
     }
 
     /// Counts one message dropped for this connection.
@@ -157,6 +161,7 @@ impl Conn {
     /// Records that the writer finished its write and is waiting for output.
     pub fn note_write_idle(&self) {
         self.write_progress.set(None);
+        self.writing.set(0);
     }
 
     /// Returns how long the current write has made no progress, which is
@@ -247,6 +252,7 @@ impl Conn {
             0
         };
         self.urgent.set(false);
+        self.writing.set(output.len());
         std::mem::replace(&mut *output, BytesMut::with_capacity(capacity))
     }
 
