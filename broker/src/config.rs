@@ -293,7 +293,7 @@ pub struct LimitsConfig {
     /// Largest Session Expiry Interval granted, in seconds; default no limit.
     pub max_session_expiry: Option<u64>,
     /// Bytes buffered per socket before QoS 0 messages to it are dropped;
-    /// default 8 MiB.
+    /// default 1 MiB.
     pub max_output_buffer: Option<u64>,
     /// New connections per second accepted from one source IP address;
     /// default 0, which means no limit.

@@ -116,7 +116,7 @@ struct Cli {
     #[arg(long, value_name = "N")]
     max_inflight: Option<u64>,
     /// Bytes buffered per socket before QoS 0 messages to it are dropped
-    /// [default: 8388608].
+    /// [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_output_buffer: Option<u64>,
     /// Seconds a socket may go without draining, while messages to it are

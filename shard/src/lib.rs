@@ -88,7 +88,7 @@ impl Default for Limits {
             queue_drop_policy: DropPolicy::DropOldest,
             max_keep_alive: u16::MAX,
             max_session_expiry: u32::MAX,
-            max_output_buffer: 8 * 1024 * 1024,
+            max_output_buffer: 1024 * 1024,
             max_inflight: u16::MAX,
             slow_consumer_timeout: Duration::from_secs(10),
             write_linger: Duration::from_micros(DEFAULT_WRITE_LINGER_US),

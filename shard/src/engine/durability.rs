@@ -43,6 +43,9 @@ impl Shard {
     async fn flush_sessions(&self, persistence: &Persistence) {
         let ids = std::mem::take(&mut *self.state.borrow().journal.borrow_mut());
         for client_id in persist::dedup(ids) {
+            // The record is built under the permit, so no older record of
+            // this session can be written after it.
+            let _permit = self.session_writes.acquire_permit(1).await;
             let write = {
                 let mut state = self.state.borrow_mut();
                 match state.sessions.get_mut(&client_id) {

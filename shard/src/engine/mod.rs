@@ -52,6 +52,11 @@ pub struct ConnectOutcome {
 pub struct Shard {
     state: Rc<RefCell<ShardState>>,
     mesh: Rc<Senders<ShardMsg>>,
+    /// One session-record write at a time per shard. The store runs writes
+    /// on several threads and retries them during an outage, so two writes
+    /// of one session in flight together could land in either order and
+    /// leave the older record stored.
+    session_writes: Rc<glommio::sync::Semaphore>,
 }
 
 struct ShardState {
@@ -158,6 +163,7 @@ impl Shard {
         Shard {
             state,
             mesh: Rc::new(senders),
+            session_writes: Rc::new(glommio::sync::Semaphore::new(1)),
         }
     }
 
@@ -345,6 +351,11 @@ impl Shard {
     /// write fails, the reply is withheld and the client is disconnected
     /// with 0x80; it repeats the exchange after reconnecting.
     async fn persist_session_now(&self, client_id: &Arc<str>) -> HandleResult {
+        if self.state.borrow().persistence.is_none() {
+            return Ok(());
+        }
+        // See `session_writes`: the record is built under the permit.
+        let _permit = self.session_writes.acquire_permit(1).await;
         let (persistence, record) = {
             let mut state = self.state.borrow_mut();
             let Some(persistence) = state.persistence.clone() else {
