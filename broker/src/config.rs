@@ -19,7 +19,7 @@ use crate::auth::{Security, SecurityError};
 
 /// Largest Receive Maximum and Topic Alias Maximum the protocol can carry.
 const MAX_U16_SETTING: u64 = u16::MAX as u64;
-/// Longest write linger accepted, in microseconds: beyond 100 ms batching
+/// Maximum write linger accepted, in microseconds. Beyond 100 ms, batching
 /// saves nothing more and only adds latency.
 const MAX_WRITE_LINGER_US: u64 = 100_000;
 

@@ -37,7 +37,7 @@ const MIN_READ_CHUNK: usize = 1024;
 /// Largest number of bytes read from a socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Most PUBLISH packets handed to the shard as one batch. A batch is routed
+/// Maximum number of PUBLISH packets handed to the shard as one batch. A batch is routed
 /// only once every packet in it was checked and logged, so a bound keeps a
 /// large read from delaying the first delivery.
 const MAX_PUBLISH_BATCH: usize = 256;
@@ -664,7 +664,7 @@ async fn handle_publishes(
     }
     let batch = std::mem::take(publishes);
     // Boxed, so the connection task is not sized by this future's store
-    // and mesh states; one allocation per read batch.
+    // and mesh states. This costs one allocation per read batch.
     Box::pin(context.shard.handle_publishes(conn, client_id, batch)).await
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// it and stops when none does.
 pub struct FlushClock {
     period: Duration,
-    /// Number of ticks so far; a waiter is done once it changes.
+    /// Number of ticks so far. A waiter is done once it changes.
     ticks: Cell<u64>,
     waiters: RefCell<Vec<Waker>>,
     running: Cell<bool>,
@@ -32,7 +32,7 @@ impl FlushClock {
         })
     }
 
-    /// Time between ticks; zero when batching is off.
+    /// Time between ticks, or zero when batching is off.
     pub fn period(&self) -> Duration {
         self.period
     }

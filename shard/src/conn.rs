@@ -53,11 +53,11 @@ pub struct Conn {
     /// When the writer last made progress on a write that is still going
     /// on, or `None` while the writer is idle.
     write_progress: Cell<Option<Instant>>,
-    /// True when the buffered output holds a reply the client may be
+    /// True when the buffered output contains a reply the client may be
     /// waiting for (CONNACK, PUBACK, SUBACK, PINGRESP...), which the
     /// writer must not hold back to batch it with later deliveries.
     urgent: Cell<bool>,
-    /// Bytes taken by the writer whose write has not finished; they count
+    /// Bytes taken by the writer whose write has not finished. They count
     /// toward `output_limit` like buffered ones.
     writing: Cell<usize>,
     /// Writer waiting in [`Conn::urgent`], woken only by urgent output.
@@ -230,7 +230,7 @@ impl Conn {
     }
 
     /// Returns true when the buffered output must leave without delay: it
-    /// holds a reply, or a close was requested.
+    /// contains a reply, or a close was requested.
     pub fn is_urgent(&self) -> bool {
         self.urgent.get() || self.close.get().is_some()
     }

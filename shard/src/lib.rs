@@ -73,8 +73,8 @@ pub struct Limits {
     /// being dropped (full queue or full output buffer) is disconnected as a
     /// slow consumer.
     pub slow_consumer_timeout: Duration,
-    /// Time a writer holds deliveries to a socket it wrote to less than
-    /// this long ago, to send them in one write; zero writes at once.
+    /// Time a writer keeps deliveries to a socket it wrote to less than
+    /// this long ago, to send them in one write. Zero writes at once.
     pub write_linger: Duration,
 }
 

@@ -325,8 +325,8 @@ def test_long_outage_disconnects_publisher(broker_factory, mqtt, store_server):
 
 @pytest.mark.parametrize("store_server", ["redis"], indirect=True)
 def test_unstored_retained_message_is_not_acknowledged(broker_factory, mqtt, store_server):
-    """A retained QoS 1 message that nobody subscribes to is only stored as retained; when
-    that write fails for good, the broker must withhold its PUBACK too."""
+    """A retained QoS 1 message with no subscriber is only stored as retained. When that
+    write fails for good, the broker must withhold its PUBACK too."""
     backend, server = store_server
     broker = start_broker(
         broker_factory, backend, server, "--storage-retry-timeout", str(SHORT_RETRY_TIMEOUT_SECONDS)
@@ -370,4 +370,5 @@ def test_unstored_retained_message_is_not_acknowledged(broker_factory, mqtt, sto
         return bool(retained)
 
     wait_until(got_retained, 10, "the retained message after the restart")
-    assert retained[0].payload == b"kept" and retained[0].retain
+    assert retained[0].payload == b"kept"
+    assert retained[0].retain

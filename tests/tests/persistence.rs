@@ -428,7 +428,7 @@ fn idle_persistent_session_does_not_hold_log_truncation() {
 }
 
 #[test]
-fn publishes_in_one_write_are_acknowledged_in_order_up_to_a_bad_one() {
+fn batch_acked_in_order_until_bad_packet() {
     let dir = TempDir::new().expect("temporary directory");
     let broker = start_durable(&dir);
     let (mut subscriber, _) = resume(&broker, "batch-sub");

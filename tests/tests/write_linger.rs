@@ -61,8 +61,8 @@ fn steady_deliveries_leave_in_batches() {
     let (mut subscriber, _) = RawClient::connect_v5(broker.addr(), "batched-sub");
     subscriber.subscribe("linger/steady", QoS::AtMostOnce);
 
-    // 40 messages 10 ms apart span 400 ms; held for 100 ms after each
-    // write they arrive in about 4 to 8 groups instead of 40.
+    // 40 messages 10 ms apart span 400 ms. Held for 100 ms after each
+    // write, they arrive in about 4 to 8 groups instead of 40.
     publish_spaced(&broker, "linger/steady", 40, Duration::from_millis(10));
     let times = arrivals(&mut subscriber, 40);
     let groups = bursts(&times, Duration::from_millis(5));

@@ -349,7 +349,7 @@ impl Shard {
     /// Writes the stored record of a persistent session now, for replies
     /// that must not go out before it (PUBREC, PUBREL, PUBCOMP). When the
     /// write fails, the reply is withheld and the client is disconnected
-    /// with 0x80; it repeats the exchange after reconnecting.
+    /// with 0x80, and it repeats the exchange after reconnecting.
     async fn persist_session_now(&self, client_id: &Arc<str>) -> HandleResult {
         if self.state.borrow().persistence.is_none() {
             return Ok(());
@@ -372,7 +372,7 @@ impl Shard {
         match persistence.store.put_session(record).await {
             Ok(()) => Ok(()),
             Err(error) => {
-                error!(client_id = %client_id, %error, "cannot store session; withholding the QoS 2 reply and disconnecting the client");
+                error!(client_id = %client_id, %error, "failed to store session; withholding the QoS 2 reply and disconnecting the client");
                 if let Some(session) = self.state.borrow_mut().sessions.get_mut(client_id) {
                     session.mark_dirty();
                 }
@@ -418,7 +418,7 @@ impl Shard {
             if exactly_once {
                 if let Err(close) = self.persist_session_now(client_id).await {
                     // The messages are in the log: route them, so that the
-                    // client's re-sends are answered without a second copy.
+                    // client's re-sends are acknowledged without a second copy.
                     let _ = self.route_steps(conn, steps).await;
                     return Err(close);
                 }
