@@ -163,7 +163,7 @@ async fn serve_counted(
     let Some(established) = Box::pin(establish(context, accepted, refusal)).await else {
         return;
     };
-    Box::pin(run_session(context, established)).await;
+    Box::pin(run_session(context, Box::new(established))).await;
 }
 
 /// A connection whose CONNECT was accepted by its owner shard.
@@ -461,7 +461,9 @@ async fn hand_over(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_session(context: &ConnectionContext, established: Established<'_>) {
+async fn run_session(context: &ConnectionContext, established: Box<Established<'_>>) {
+    // A future keeps its arguments for its whole life, so the CONNECT
+    // arrives boxed and its fields are moved out.
     let Established {
         stream,
         peer,
@@ -470,7 +472,7 @@ async fn run_session(context: &ConnectionContext, established: Established<'_>) 
         client_id,
         assigned,
         mut reauthentication,
-    } = established;
+    } = *established;
     let shard = &context.shard;
     let limits = shard.limits();
     let protocol = connect.protocol;
