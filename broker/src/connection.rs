@@ -566,7 +566,12 @@ async fn read_loop(
     loop {
         loop {
             let packet = match decode(&mut buffer, &decode_context) {
-                Ok(Some(packet)) => packet,
+                Ok(Some(packet)) => {
+                    // Keep alive counts whole packets, so a client that
+                    // trickles bytes without finishing one is still cut off.
+                    last_read.set(Instant::now());
+                    packet
+                }
                 Ok(None) => break,
                 Err(error) => {
                     warn!(client_id = %client_id, peer = %conn.peer, %error, "protocol violation; closing");
@@ -633,7 +638,6 @@ async fn read_loop(
         match future::or(read, closed).await {
             ReadEvent::Data(Ok(0)) => return Ending::Eof,
             ReadEvent::Data(Ok(n)) => {
-                last_read.set(Instant::now());
                 buffer.extend_from_slice(&scratch[..n]);
                 // A full read suggests more is waiting: read more at once
                 // next time, up to READ_CHUNK.
@@ -676,8 +680,8 @@ enum ReadEvent {
     CloseRequested(CloseRequest),
 }
 
-/// Closes `conn` with 0x8D (Keep alive timeout) once nothing was read for
-/// `limit`. One timer per connection runs per `limit`, rather than one per
+/// Closes `conn` with 0x8D (Keep alive timeout) once no whole packet has
+/// arrived for `limit`. One timer per connection runs per `limit`, rather than one per
 /// read, which matters when many clients each send a little.
 async fn watch_keep_alive(
     conn: Rc<Conn>,

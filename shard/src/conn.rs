@@ -42,7 +42,8 @@ pub struct Conn {
     pub topic_alias_max: u16,
     output: RefCell<BytesMut>,
     waker: Cell<Option<Waker>>,
-    close_waker: Cell<Option<Waker>>,
+    /// Tasks waiting in [`Conn::closed`]: the reader and the writer both do.
+    close_wakers: RefCell<Vec<Waker>>,
     close: Cell<Option<CloseRequest>>,
     /// Aliases the broker assigned to topics on this connection.
     outbound_aliases: RefCell<HashMap<String, u16>>,
@@ -81,7 +82,7 @@ impl Conn {
             topic_alias_max,
             output: RefCell::new(BytesMut::new()),
             waker: Cell::new(None),
-            close_waker: Cell::new(None),
+            close_wakers: RefCell::new(Vec::new()),
             close: Cell::new(None),
             outbound_aliases: RefCell::new(HashMap::new()),
             output_limit,
@@ -209,7 +210,8 @@ impl Conn {
         if let Some(waker) = self.urgent_waker.take() {
             waker.wake();
         }
-        if let Some(waker) = self.close_waker.take() {
+        let close_wakers = std::mem::take(&mut *self.close_wakers.borrow_mut());
+        for waker in close_wakers {
             waker.wake();
         }
     }
@@ -321,7 +323,10 @@ impl Future for CloseRequested {
         match self.conn.close.get() {
             Some(request) => Poll::Ready(request),
             None => {
-                self.conn.close_waker.set(Some(cx.waker().clone()));
+                let mut wakers = self.conn.close_wakers.borrow_mut();
+                if !wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+                    wakers.push(cx.waker().clone());
+                }
                 Poll::Pending
             }
         }

@@ -143,10 +143,14 @@ def encode_connect(
     properties: dict | None = None,
     keep_alive: int = 60,
     clean_start: bool = True,
+    will: tuple[str, bytes] | None = None,
 ) -> bytes:
-    """Encode a CONNECT for MQTT 5 (version 5) or 3.1.1 (version 311)."""
+    """Encode a CONNECT for MQTT 5 (version 5) or 3.1.1 (version 311). `will` is a QoS 0
+    Will as (topic, payload)."""
     level = 5 if version == 5 else 4
     flags = 0x02 if clean_start else 0
+    if will is not None:
+        flags |= 0x04
     if username is not None:
         flags |= 0x80
     if password is not None:
@@ -155,6 +159,10 @@ def encode_connect(
     if version == 5:
         body += encode_properties(properties)
     body += encode_string(client_id)
+    if will is not None:
+        if version == 5:
+            body += encode_properties(None)
+        body += encode_string(will[0]) + len(will[1]).to_bytes(2, "big") + will[1]
     if username is not None:
         body += encode_string(username)
     if password is not None:

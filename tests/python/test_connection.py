@@ -4,6 +4,15 @@ import time
 
 from mqtt_clients import wait_until
 from mqtt_packets import DISCONNECT, PINGRESP, read_until_closed, split_packets
+from mqtt_raw import (
+    CONNACK,
+    PUBACK,
+    SUBACK,
+    RawClient,
+    encode_connect,
+    encode_publish,
+    encode_subscribe,
+)
 
 KEEP_ALIVE_TIMEOUT = 0x8D
 
@@ -28,6 +37,45 @@ def test_silent_client_closed_after_keep_alive(broker, mqtt):
         assert body[:1] == bytes([KEEP_ALIVE_TIMEOUT])
     # MQTT allows 1.5 times the keep alive after the last packet from the client.
     assert elapsed <= 3.5, f"closed {elapsed:.2f} s after the client went silent"
+
+
+def test_keep_alive_ends_client_whose_socket_is_full(broker, mqtt):
+    """A client that stops reading while QoS 1 messages fill its socket is still cut off at
+    1.5 times its keep alive, and its Will is published, although the broker cannot write
+    the DISCONNECT to it."""
+    watcher = mqtt(broker, "full-watcher", 5)
+    watcher.connect()
+    watcher.subscribe("full/will", qos=0)
+
+    stuck = RawClient(broker.host, broker.port, receive_buffer=4096)
+    stuck.send(encode_connect("full-stuck", keep_alive=2, will=("full/will", b"gone")))
+    stuck.expect(CONNACK)
+    stuck.send(encode_subscribe(1, [("full/#", 1)]))
+    stuck.expect(SUBACK)
+    went_silent = time.monotonic()
+
+    # 2,000 QoS 1 messages of 4,000 bytes, 50 per write, far more than the socket takes.
+    publisher = RawClient(broker.host, broker.port)
+    publisher.send(encode_connect("full-publisher"))
+    publisher.expect(CONNACK)
+    for burst in range(40):
+        publisher.send(
+            b"".join(
+                encode_publish("full/data", 1, burst * 50 + index + 1, b"y" * 4000)
+                for index in range(50)
+            )
+        )
+        for _ in range(50):
+            publisher.expect(PUBACK)
+
+    def will_arrived() -> bool:
+        return any(message.topic == "full/will" for message in watcher.drain())
+
+    wait_until(will_arrived, 10, "the Will of the client with a full socket")
+    elapsed = time.monotonic() - went_silent
+    # 1.5 x 2 s, plus the time the broker gives a close to flush, plus slack.
+    assert elapsed < 8.0, f"the Will came {elapsed:.1f} s after the client went silent"
+    stuck.close()
 
 
 def test_pinging_client_stays_connected(broker, mqtt):

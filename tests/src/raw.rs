@@ -86,6 +86,31 @@ impl RawClient {
         }
     }
 
+    /// Opens a TCP connection to `addr` whose socket receive buffer is
+    /// `bytes` long, set before connecting so that the TCP window starts
+    /// small: a client that stops reading then fills up quickly.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the connection fails.
+    #[track_caller]
+    pub fn connect_with_receive_buffer(addr: SocketAddr, bytes: usize) -> RawClient {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("create a TCP socket");
+        socket.set_recv_buffer_size(bytes).expect("set SO_RCVBUF");
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .unwrap_or_else(|error| panic!("failed to connect to {addr}: {error}"));
+        let stream = TcpStream::from(socket);
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        RawClient {
+            stream,
+            buffer: BytesMut::with_capacity(4096),
+            protocol: Protocol::V5,
+            peer: addr,
+        }
+    }
+
     /// Opens a connection and sends the baseline MQTT 5 CONNECT (Clean
     /// Start, keep alive 60 s, no properties) as `client_id`, then reads
     /// the CONNACK and checks it reports success.

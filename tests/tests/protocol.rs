@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use coremq_tests::packets::{
-    self, connect_persistent, connect_v311, connect_v5, publish, retained, subscribe_with_id,
-    unsubscribe, will,
+    self, connect_persistent, connect_v311, connect_v5, encode_packet, publish, retained,
+    subscribe_with_id, unsubscribe, will,
 };
 use coremq_tests::real_client::{self, RealClient, RealQoS};
 use coremq_tests::{
@@ -1245,4 +1245,73 @@ fn takeover_closes_old_v311() {
     let disconnect = first.expect_closed_within(CLOSE_WITHIN);
     assert_eq!(disconnect, None, "3.1.1 has no DISCONNECT from the server");
     second.ping();
+}
+
+#[test]
+fn keep_alive_ends_client_with_full_socket() {
+    // A client that stops reading while messages pile up in its socket must
+    // still be cut off at 1.5 times its keep alive, and its Will published,
+    // although the broker cannot write the DISCONNECT.
+    let broker = Broker::start(&[]);
+    let (mut watcher, _) = RawClient::connect_v5(broker.addr(), "will-watcher");
+    watcher.subscribe("stuck/will", QoS::AtMostOnce);
+
+    let mut stuck = RawClient::connect_with_receive_buffer(broker.addr(), 4096);
+    let mut connect = connect_v5("stuck");
+    connect.keep_alive = 1;
+    connect.will = Some(will("stuck/will", b"gone"));
+    assert_eq!(stuck.connect_with(connect).reason, ReasonCode::SUCCESS);
+    stuck.subscribe("stuck/data", QoS::AtLeastOnce);
+
+    // About 8 MB of QoS 1 messages, which are never dropped as QoS 0 ones
+    // are, so they fill the socket and the broker's output buffer.
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "stuck-filler");
+    let payload = vec![b'x'; 4000];
+    for number in 0..2000u32 {
+        let packet_id = (number % 60000 + 1) as u16;
+        let reason =
+            publisher.publish(publish("stuck/data", QoS::AtLeastOnce, packet_id, &payload));
+        assert_eq!(reason, ReasonCode::SUCCESS);
+    }
+
+    let will = watcher.expect_publish_within(Duration::from_secs(10));
+    assert_eq!(will.topic, "stuck/will");
+    assert_eq!(&will.payload[..], b"gone");
+    drop(stuck);
+}
+
+#[test]
+fn keep_alive_counts_whole_packets_only() {
+    // One byte of a PUBLISH every 300 ms never completes a packet, so the
+    // client must be cut off at 1.5 times its keep alive of 1 s.
+    let broker = Broker::start(&[]);
+    let mut client = RawClient::connect(broker.addr());
+    let mut connect = connect_v5("trickle");
+    connect.keep_alive = 1;
+    assert_eq!(client.connect_with(connect).reason, ReasonCode::SUCCESS);
+    let bytes = encode_packet(
+        &Packet::Publish(publish("trickle/t", QoS::AtMostOnce, 0, &[b'z'; 200])),
+        Protocol::V5,
+    );
+    let started = Instant::now();
+    for byte in &bytes[..20] {
+        if client.try_send_bytes(&[*byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if started.elapsed() > Duration::from_millis(2600) {
+            break;
+        }
+    }
+    let disconnect = client.expect_closed_within(Duration::from_secs(3));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed <= Duration::from_millis(4000),
+        "closed after {elapsed:?}"
+    );
+    assert_eq!(
+        disconnect.map(|packet| packet.reason),
+        Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+        "DISCONNECT reason"
+    );
 }

@@ -158,8 +158,14 @@ impl MysqlStore {
         let opts = OptsBuilder::from_opts(opts)
             .pool_opts(PoolOpts::default().with_constraints(constraints))
             .tcp_connect_timeout(Some(CONNECT_TIMEOUT))
-            .read_timeout(Some(IO_TIMEOUT))
-            .write_timeout(Some(IO_TIMEOUT));
+            .read_timeout(Some(crate::retry::io_timeout(
+                config.retry_timeout,
+                IO_TIMEOUT,
+            )))
+            .write_timeout(Some(crate::retry::io_timeout(
+                config.retry_timeout,
+                IO_TIMEOUT,
+            )));
 
         let pool = with_backoff(config.retry_timeout, || {
             Pool::new(opts.clone())

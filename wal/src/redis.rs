@@ -408,9 +408,10 @@ impl RedisStore {
             .client
             .get_connection_with_timeout(CONNECT_TIMEOUT)
             .map_err(unavailable)?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))
+        let io_timeout = crate::retry::io_timeout(self.retry_timeout, IO_TIMEOUT);
+        conn.set_read_timeout(Some(io_timeout))
             .map_err(unavailable)?;
-        conn.set_write_timeout(Some(IO_TIMEOUT))
+        conn.set_write_timeout(Some(io_timeout))
             .map_err(unavailable)?;
         Ok(conn)
     }

@@ -169,6 +169,18 @@ pub(crate) fn connection_error(
     }
 }
 
+/// Shortest socket timeout of one request, so that a retry timeout of 0
+/// still gives a healthy server time to answer.
+const MIN_IO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Socket read and write timeout of one request: at most the retry timeout,
+/// so that a server that accepts connections but stops answering (a
+/// stopped process, a full disk) cannot hold a request longer than the
+/// retry timeout promises.
+pub(crate) fn io_timeout(retry_timeout: Duration, longest: Duration) -> Duration {
+    retry_timeout.clamp(MIN_IO_TIMEOUT, longest.max(MIN_IO_TIMEOUT))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +297,16 @@ mod tests {
         });
         assert!(matches!(result, Err(StoreError::OutcomeUnknown { .. })));
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn io_timeout_follows_retry_timeout() {
+        let longest = Duration::from_secs(30);
+        assert_eq!(
+            io_timeout(Duration::from_secs(5), longest),
+            Duration::from_secs(5)
+        );
+        assert_eq!(io_timeout(Duration::ZERO, longest), Duration::from_secs(1));
+        assert_eq!(io_timeout(Duration::from_secs(3600), longest), longest);
     }
 }
