@@ -372,3 +372,40 @@ def test_unstored_retained_message_is_not_acknowledged(broker_factory, mqtt, sto
     wait_until(got_retained, 10, "the retained message after the restart")
     assert retained[0].payload == b"kept"
     assert retained[0].retain
+
+
+@pytest.mark.parametrize("store_server", ["redis"], indirect=True)
+def test_hung_server_bounded_by_retry_timeout(broker_factory, mqtt, store_server):
+    """A server that keeps its connections open but stops answering (SIGSTOP) must not hold a
+    publisher longer than the retry timeout plus one request's socket timeout."""
+    backend, server = store_server
+    broker = start_broker(
+        broker_factory, backend, server, "--storage-retry-timeout", str(SHORT_RETRY_TIMEOUT_SECONDS)
+    )
+    run = uuid.uuid4().hex[:8]
+    topic = f"outage/hung/{run}"
+    subscriber = mqtt(broker, f"sub-{run}")
+    subscriber.connect(clean_start=True, session_expiry=600)
+    subscriber.subscribe(topic, qos=1)
+
+    publisher = RawClient(broker.host, broker.port, timeout=PUBACK_TIMEOUT_SECONDS)
+    publisher.send(encode_connect(f"pub-{run}"))
+    assert parse_connack(publisher.expect(CONNACK))[1] == 0
+    publisher.send(encode_publish(topic, 1, 1, b"m0"))
+    assert parse_pub_response(publisher.expect(PUBACK)) == (1, 0)
+
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        stopped_at = time.monotonic()
+        publisher.send(encode_publish(topic, 1, 2, b"m1"))
+        packet_type, _, body = publisher.read_packet(SHORT_RETRY_TIMEOUT_SECONDS * 3 + 10)
+        waited = time.monotonic() - stopped_at
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    assert packet_type == DISCONNECT_TYPE, f"expected DISCONNECT, got packet type {packet_type}"
+    assert parse_reason_and_properties(body)[0] == UNSPECIFIED_ERROR
+    # The retry timeout bounds both the retries and each request's socket timeout.
+    assert waited < SHORT_RETRY_TIMEOUT_SECONDS * 3 + 2, (
+        f"the publisher waited {waited:.1f} s with a {SHORT_RETRY_TIMEOUT_SECONDS} s retry timeout"
+    )
+    publisher.close()
