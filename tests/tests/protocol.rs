@@ -1293,6 +1293,7 @@ fn keep_alive_counts_whole_packets_only() {
         &Packet::Publish(publish("trickle/t", QoS::AtMostOnce, 0, &[b'z'; 200])),
         Protocol::V5,
     );
+
     let started = Instant::now();
     for byte in &bytes[..20] {
         if client.try_send_bytes(&[*byte]).is_err() {
@@ -1303,6 +1304,7 @@ fn keep_alive_counts_whole_packets_only() {
             break;
         }
     }
+
     let disconnect = client.expect_closed_within(Duration::from_secs(3));
     let elapsed = started.elapsed();
     assert!(

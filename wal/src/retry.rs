@@ -170,11 +170,11 @@ pub(crate) fn connection_error(
 }
 
 /// Shortest socket timeout of one request, so that a retry timeout of 0
-/// still gives a healthy server time to answer.
+/// still gives a healthy server time to reply.
 const MIN_IO_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Socket read and write timeout of one request: at most the retry timeout,
-/// so that a server that accepts connections but stops answering (a
+/// so that a server that accepts connections but stops replying (a
 /// stopped process, a full disk) cannot hold a request longer than the
 /// retry timeout promises.
 pub(crate) fn io_timeout(retry_timeout: Duration, longest: Duration) -> Duration {
