@@ -174,6 +174,20 @@ def start_broker(broker_factory, backend: str, server, *extra: str):
     return broker_factory("--storage", backend, "--storage-url", server.url, *extra)
 
 
+def start_short_retry_broker(broker_factory, backend: str, server):
+    return start_broker(
+        broker_factory, backend, server, "--storage-retry-timeout", str(SHORT_RETRY_TIMEOUT_SECONDS)
+    )
+
+
+def connect_publisher(broker, client_id: str) -> RawClient:
+    """Connect a raw MQTT 5 client that waits up to PUBACK_TIMEOUT_SECONDS per reply."""
+    publisher = RawClient(broker.host, broker.port, timeout=PUBACK_TIMEOUT_SECONDS)
+    publisher.send(encode_connect(client_id))
+    assert parse_connack(publisher.expect(CONNACK))[1] == 0
+    return publisher
+
+
 def outage(server, signum: int, seconds: float) -> Outage:
     """Stop the server with signum, keep it down for seconds, and start it again."""
     times = Outage()
@@ -263,9 +277,7 @@ def test_short_outage_ridden_out(
 @pytest.mark.parametrize("store_server", ["redis", "mysql"], indirect=True)
 def test_long_outage_disconnects_publisher(broker_factory, mqtt, store_server):
     backend, server = store_server
-    broker = start_broker(
-        broker_factory, backend, server, "--storage-retry-timeout", str(SHORT_RETRY_TIMEOUT_SECONDS)
-    )
+    broker = start_short_retry_broker(broker_factory, backend, server)
     run = uuid.uuid4().hex[:8]
     topic = f"outage/{run}"
 
@@ -273,9 +285,7 @@ def test_long_outage_disconnects_publisher(broker_factory, mqtt, store_server):
     subscriber.connect(clean_start=True, session_expiry=600)
     subscriber.subscribe(topic, qos=1)
 
-    publisher = RawClient(broker.host, broker.port, timeout=PUBACK_TIMEOUT_SECONDS)
-    publisher.send(encode_connect(f"pub-{run}"))
-    assert parse_connack(publisher.expect(CONNACK))[1] == 0
+    publisher = connect_publisher(broker, f"pub-{run}")
     for number in range(5):
         publisher.send(encode_publish(topic, 1, number + 1, f"m{number}".encode()))
         assert parse_pub_response(publisher.expect(PUBACK)) == (number + 1, 0)
@@ -305,9 +315,7 @@ def test_long_outage_disconnects_publisher(broker_factory, mqtt, store_server):
     time.sleep(max(0.0, LONG_OUTAGE_SECONDS - (time.monotonic() - down_at)))
     server.start()
 
-    publisher = RawClient(broker.host, broker.port, timeout=PUBACK_TIMEOUT_SECONDS)
-    publisher.send(encode_connect(f"pub-{run}"))
-    assert parse_connack(publisher.expect(CONNACK))[1] == 0
+    publisher = connect_publisher(broker, f"pub-{run}")
     for number in range(5, 10):
         publisher.send(encode_publish(topic, 1, number + 1, f"m{number}".encode()))
         assert parse_pub_response(publisher.expect(PUBACK)) == (number + 1, 0)
@@ -328,16 +336,12 @@ def test_unstored_retained_message_is_not_acknowledged(broker_factory, mqtt, sto
     """A retained QoS 1 message with no subscriber is only stored as retained. When that
     write fails for good, the broker must withhold its PUBACK too."""
     backend, server = store_server
-    broker = start_broker(
-        broker_factory, backend, server, "--storage-retry-timeout", str(SHORT_RETRY_TIMEOUT_SECONDS)
-    )
+    broker = start_short_retry_broker(broker_factory, backend, server)
     run = uuid.uuid4().hex[:8]
     topic = f"outage/retained/{run}"
 
     server.signal_and_wait(signal.SIGKILL)
-    publisher = RawClient(broker.host, broker.port, timeout=PUBACK_TIMEOUT_SECONDS)
-    publisher.send(encode_connect(f"pub-{run}"))
-    assert parse_connack(publisher.expect(CONNACK))[1] == 0
+    publisher = connect_publisher(broker, f"pub-{run}")
     publisher.send(encode_publish(topic, 1, 1, b"kept", retain=True))
     packet_type, _, body = publisher.read_packet(SHORT_RETRY_TIMEOUT_SECONDS + 15)
     assert packet_type == DISCONNECT_TYPE, (
@@ -347,9 +351,7 @@ def test_unstored_retained_message_is_not_acknowledged(broker_factory, mqtt, sto
     publisher.close()
 
     server.start()
-    publisher = RawClient(broker.host, broker.port, timeout=PUBACK_TIMEOUT_SECONDS)
-    publisher.send(encode_connect(f"pub-{run}"))
-    assert parse_connack(publisher.expect(CONNACK))[1] == 0
+    publisher = connect_publisher(broker, f"pub-{run}")
     publisher.send(encode_publish(topic, 1, 1, b"kept", retain=True))
     assert parse_pub_response(publisher.expect(PUBACK))[0] == 1
     publisher.close()
@@ -379,18 +381,14 @@ def test_hung_server_bounded_by_retry_timeout(broker_factory, mqtt, store_server
     """A server that keeps its connections open but stops answering (SIGSTOP) must not hold a
     publisher longer than the retry timeout plus one request's socket timeout."""
     backend, server = store_server
-    broker = start_broker(
-        broker_factory, backend, server, "--storage-retry-timeout", str(SHORT_RETRY_TIMEOUT_SECONDS)
-    )
+    broker = start_short_retry_broker(broker_factory, backend, server)
     run = uuid.uuid4().hex[:8]
     topic = f"outage/hung/{run}"
     subscriber = mqtt(broker, f"sub-{run}")
     subscriber.connect(clean_start=True, session_expiry=600)
     subscriber.subscribe(topic, qos=1)
 
-    publisher = RawClient(broker.host, broker.port, timeout=PUBACK_TIMEOUT_SECONDS)
-    publisher.send(encode_connect(f"pub-{run}"))
-    assert parse_connack(publisher.expect(CONNACK))[1] == 0
+    publisher = connect_publisher(broker, f"pub-{run}")
     publisher.send(encode_publish(topic, 1, 1, b"m0"))
     assert parse_pub_response(publisher.expect(PUBACK)) == (1, 0)
 
