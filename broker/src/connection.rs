@@ -564,25 +564,22 @@ async fn read_loop(
     // log appends share one group commit.
     let mut publishes: Vec<Publish> = Vec::new();
     loop {
+        // A protocol violation ends the connection, but only after the
+        // PUBLISH packets collected before it are handled.
+        let mut violation = None;
         loop {
             let packet = match decode(&mut buffer, &decode_context) {
-                Ok(Some(packet)) => {
-                    // Keep alive counts whole packets, so a client that
-                    // trickles bytes without finishing one is still cut off.
-                    last_read.set(Instant::now());
-                    packet
-                }
+                Ok(Some(packet)) => packet,
                 Ok(None) => break,
                 Err(error) => {
                     warn!(client_id = %client_id, peer = %conn.peer, %error, "protocol violation; closing");
-                    if let Err(close) =
-                        handle_publishes(context, conn, client_id, &mut publishes).await
-                    {
-                        return Ending::Server(close.reason);
-                    }
-                    return Ending::Server(Some(error.reason_code()));
+                    violation = Some(error.reason_code());
+                    break;
                 }
             };
+            // Keep alive counts whole packets, so a client that trickles
+            // bytes without finishing one is still cut off.
+            last_read.set(Instant::now());
             let packet = match packet {
                 Packet::Publish(publish) => match resolve_alias(&mut aliases, publish) {
                     Ok(publish) => {
@@ -594,12 +591,8 @@ async fn read_loop(
                     }
                     Err(reason) => {
                         warn!(client_id = %client_id, peer = %conn.peer, "PUBLISH with an empty topic and no known topic alias; closing");
-                        if let Err(close) =
-                            handle_publishes(context, conn, client_id, &mut publishes).await
-                        {
-                            return Ending::Server(close.reason);
-                        }
-                        return Ending::Server(Some(reason));
+                        violation = Some(reason);
+                        break;
                     }
                 },
                 other => Some(other),
@@ -623,6 +616,9 @@ async fn read_loop(
         }
         if let Err(close) = handle_publishes(context, conn, client_id, &mut publishes).await {
             return Ending::Server(close.reason);
+        }
+        if let Some(reason) = violation {
+            return Ending::Server(Some(reason));
         }
 
         // Let this shard's writers run before reading more. A read that

@@ -378,7 +378,7 @@ def test_unstored_retained_message_is_not_acknowledged(broker_factory, mqtt, sto
 
 @pytest.mark.parametrize("store_server", ["redis"], indirect=True)
 def test_hung_server_bounded_by_retry_timeout(broker_factory, mqtt, store_server):
-    """A server that keeps its connections open but stops answering (SIGSTOP) must not hold a
+    """A server that keeps its connections open but stops replying (SIGSTOP) must not hold a
     publisher longer than the retry timeout plus one request's socket timeout."""
     backend, server = store_server
     broker = start_short_retry_broker(broker_factory, backend, server)

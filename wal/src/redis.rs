@@ -59,7 +59,7 @@ const RETRYABLE_SERVER_CODES: [&str; 4] = ["LOADING", "BUSY", "TRYAGAIN", "MASTE
 /// append applied. When the sequence number equals it, the append was
 /// applied by an attempt whose reply was lost, so the script returns the
 /// stored starts and writes nothing. A lower sequence number is a delayed
-/// duplicate of an append that was already answered, and is rejected.
+/// duplicate of an append that was already acknowledged, and is rejected.
 ///
 /// Each member is prefixed with its offset as 8 big-endian bytes, built
 /// with string.char because Redis's Lua 5.1 has no integer packing.

@@ -351,23 +351,23 @@ impl Shard {
     /// write fails, the reply is withheld and the client is disconnected
     /// with 0x80, and it repeats the exchange after reconnecting.
     async fn persist_session_now(&self, client_id: &Arc<str>) -> HandleResult {
-        if self.state.borrow().persistence.is_none() {
+        let Some(persistence) = self.state.borrow().persistence.clone() else {
+            return Ok(());
+        };
+        let is_persistent = self
+            .state
+            .borrow()
+            .sessions
+            .get(client_id)
+            .is_some_and(|session| session.expiry_interval > 0);
+        if !is_persistent {
             return Ok(());
         }
         // See `session_writes`: the record is built under the permit.
         let _permit = self.session_writes.acquire_permit(1).await;
-        let (persistence, record) = {
-            let mut state = self.state.borrow_mut();
-            let Some(persistence) = state.persistence.clone() else {
-                return Ok(());
-            };
-            let Some(session) = state.sessions.get_mut(client_id) else {
-                return Ok(());
-            };
-            if session.expiry_interval == 0 {
-                return Ok(());
-            }
-            (persistence, persist::session_record(session))
+        let record = match self.state.borrow_mut().sessions.get_mut(client_id) {
+            Some(session) if session.expiry_interval > 0 => persist::session_record(session),
+            _ => return Ok(()),
         };
         match persistence.store.put_session(record).await {
             Ok(()) => Ok(()),

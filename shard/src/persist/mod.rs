@@ -169,7 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_session_needs_nothing_up_to_the_settled_offset() {
+    fn idle_session_skips_settled_offsets() {
         let mut sessions = [persistent("idle", 3, &[])];
         assert_eq!(lowest_needed(sessions.iter_mut(), 40, 50), 41);
         // Before a round has settled anything, its own position counts.
