@@ -120,7 +120,7 @@ pub async fn serve(context: ConnectionContext, accepted: Accepted) {
     let admission = context.config.admission.clone();
     let listener_slot = admission.enter_listener(accepted.listener);
     // A handed-over connection was checked by the shard that accepted it.
-    let refusal = if handed_over {
+    let rejection = if handed_over {
         None
     } else if open > context.config.max_connections {
         warn!(peer = %accepted.peer, max = context.config.max_connections, "connection limit reached; rejecting");
@@ -146,21 +146,21 @@ pub async fn serve(context: ConnectionContext, accepted: Accepted) {
     } else {
         None
     };
-    serve_counted(&context, accepted, refusal).await;
+    serve_counted(&context, accepted, rejection).await;
     drop(listener_slot);
     context.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Serves a counted connection. `refusal` is the CONNACK reason code for a
+/// Serves a counted connection. `rejection` is the CONNACK reason code for a
 /// connection that a limit rejects once its CONNECT has arrived.
 async fn serve_counted(
     context: &ConnectionContext,
     accepted: Accepted,
-    refusal: Option<ReasonCode>,
+    rejection: Option<ReasonCode>,
 ) {
     // Both steps are boxed: a task is as large as its largest await point,
     // and the handshake's state is not needed for the connection's life.
-    let Some(established) = Box::pin(establish(context, accepted, refusal)).await else {
+    let Some(established) = Box::pin(establish(context, accepted, rejection)).await else {
         return;
     };
     Box::pin(run_session(context, Box::new(established))).await;
@@ -182,7 +182,7 @@ struct Established<'a> {
 async fn establish<'a>(
     context: &'a ConnectionContext,
     accepted: Accepted,
-    refusal: Option<ReasonCode>,
+    rejection: Option<ReasonCode>,
 ) -> Option<Established<'a>> {
     let handed_over = !accepted.buffered.is_empty();
     let Accepted {
@@ -252,7 +252,7 @@ async fn establish<'a>(
 
     let mut connect = connect;
     let protocol = connect.protocol;
-    if let Some(reason) = refusal {
+    if let Some(reason) = rejection {
         send_connack(&mut stream, protocol, reason).await;
         return None;
     }
