@@ -295,6 +295,9 @@ pub struct LimitsConfig {
     /// Bytes buffered per socket before QoS 0 messages to it are dropped;
     /// default 1 MiB.
     pub max_output_buffer: Option<u64>,
+    /// Bytes buffered over all sockets of one shard before QoS 0 messages
+    /// to sockets holding more than 16 KiB are dropped; default 16 MiB.
+    pub max_shard_output: Option<u64>,
     /// New connections per second accepted from one source IP address;
     /// default 0, which means no limit.
     pub max_connection_rate: Option<u64>,
@@ -490,6 +493,13 @@ impl Config {
             4096,
             u64::from(u32::MAX),
         )? as usize;
+        let max_shard_output = checked(
+            "limits.max-shard-output",
+            limits.max_shard_output,
+            defaults.max_shard_output as u64,
+            64 * 1024,
+            u64::from(u32::MAX),
+        )? as usize;
         let max_connections = checked(
             "limits.max-connections",
             limits.max_connections,
@@ -572,6 +582,7 @@ impl Config {
                 max_keep_alive,
                 max_session_expiry,
                 max_output_buffer,
+                max_shard_output,
                 max_inflight,
                 slow_consumer_timeout: Duration::from_secs(slow_consumer_timeout),
                 write_linger: Duration::from_micros(write_linger_us),
@@ -844,6 +855,7 @@ fn merge_limits(file: LimitsConfig, cli: LimitsConfig) -> LimitsConfig {
         max_keep_alive: cli.max_keep_alive.or(file.max_keep_alive),
         max_session_expiry: cli.max_session_expiry.or(file.max_session_expiry),
         max_output_buffer: cli.max_output_buffer.or(file.max_output_buffer),
+        max_shard_output: cli.max_shard_output.or(file.max_shard_output),
         max_connection_rate: cli.max_connection_rate.or(file.max_connection_rate),
         max_inflight: cli.max_inflight.or(file.max_inflight),
         slow_consumer_timeout: cli.slow_consumer_timeout.or(file.slow_consumer_timeout),

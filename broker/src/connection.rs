@@ -3,9 +3,11 @@
 //! packets for the shard engine and a writer task that flushes the
 //! connection's output buffer in one write per wake-up.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use coremq_codec::{
     decode, encode, ConnAck, Connect, DecodeContext, DecodeError, Packet, Properties, Protocol,
     Publish, ReasonCode, MAX_PACKET_SIZE,
 };
-use coremq_shard::{owner_shard, CloseRequest, Conn, Handoff, Shard, ShardMsg};
+use coremq_shard::{
+    owner_shard, CloseRequest, Conn, ConnectOutcome, Handoff, OutputBudget, Shard, ShardMsg,
+};
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tracing::{debug, info, warn};
@@ -29,13 +33,15 @@ use crate::login::{self, Reauthentication};
 /// Time a new connection has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// First size of a connection's read buffer. It doubles up to
-/// [`READ_CHUNK`] while reads fill it, so an idle connection holds only
-/// this much.
-const MIN_READ_CHUNK: usize = 1024;
+/// Size of the read buffer a connection uses until its CONNECT is read.
+const CONNECT_READ_CHUNK: usize = 1024;
 
-/// Largest number of bytes read from a socket per read call.
+/// Largest number of bytes read from a socket per read call: the size of
+/// the read buffer the connections of a shard share.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Packet type of PUBLISH, in the high four bits of its first byte.
+const PUBLISH_TYPE: u8 = 3;
 
 /// Maximum number of PUBLISH packets handed to the shard as one batch. A batch is routed
 /// only once every packet in it was checked and logged, so a bound keeps a
@@ -63,6 +69,12 @@ pub struct ConnectionContext {
     next_conn_id: Rc<Cell<u64>>,
     /// Batches writes to busy sockets (`write-linger-us`).
     flush_clock: Rc<FlushClock>,
+    /// Bytes waiting for this shard's sockets (`max-shard-output`).
+    output_budget: Rc<OutputBudget>,
+    /// The buffer every connection of the shard reads into. What a read
+    /// returns is copied to the connection's own buffer at once, so an
+    /// idle connection holds no read buffer.
+    read_chunk: Rc<RefCell<Vec<u8>>>,
 }
 
 impl ConnectionContext {
@@ -76,7 +88,9 @@ impl ConnectionContext {
         if let Some(acl) = config.security.acl() {
             shard.set_authorizer(acl);
         }
-        let flush_clock = FlushClock::new(shard.limits().write_linger);
+        let limits = shard.limits();
+        let flush_clock = FlushClock::new(limits.write_linger);
+        let output_budget = OutputBudget::new(limits.max_shard_output);
         ConnectionContext {
             shard,
             config: Rc::new(config),
@@ -84,6 +98,8 @@ impl ConnectionContext {
             connections,
             next_conn_id: Rc::new(Cell::new(1)),
             flush_clock,
+            output_budget,
+            read_chunk: Rc::new(RefCell::new(vec![0; READ_CHUNK])),
         }
     }
 }
@@ -114,7 +130,9 @@ enum Ending {
 }
 
 /// Serves one connection until it closes.
-pub async fn serve(context: ConnectionContext, accepted: Accepted) {
+///
+/// `accepted` comes boxed: a future keeps its arguments for its whole life.
+pub async fn serve(context: ConnectionContext, accepted: Box<Accepted>) {
     let handed_over = !accepted.buffered.is_empty();
     let open = context.connections.fetch_add(1, Ordering::Relaxed) + 1;
     let admission = context.config.admission.clone();
@@ -146,24 +164,28 @@ pub async fn serve(context: ConnectionContext, accepted: Accepted) {
     } else {
         None
     };
-    serve_counted(&context, accepted, rejection).await;
+    // Both steps run boxed: a task is as large as its largest await point,
+    // and the handshake's state is not needed for the connection's life.
+    // The CONNECT is a temporary of this statement, so it is not kept.
+    let session = boxed(|| establish(&context, accepted, rejection))
+        .await
+        .map(|established| boxed(|| run_session(&context, Box::new(established))));
+    if let Some(session) = session {
+        session.await;
+    }
     drop(listener_slot);
     context.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Serves a counted connection. `rejection` is the CONNACK reason code for a
-/// connection that a limit rejects once its CONNECT has arrived.
-async fn serve_counted(
-    context: &ConnectionContext,
-    accepted: Accepted,
-    rejection: Option<ReasonCode>,
-) {
-    // Both steps are boxed: a task is as large as its largest await point,
-    // and the handshake's state is not needed for the connection's life.
-    let Some(established) = Box::pin(establish(context, accepted, rejection)).await else {
-        return;
-    };
-    Box::pin(run_session(context, Box::new(established))).await;
+/// Boxes the future that `start` returns.
+///
+/// A future keeps room for every value it holds at any await point,
+/// temporaries and values already moved away included, for its whole life.
+/// `Box::pin(step()).await` therefore still sizes the caller by `step`'s
+/// future. Built here, the future lives only in its box, and the caller
+/// holds a pointer.
+fn boxed<F: std::future::Future>(start: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::pin(start())
 }
 
 /// A connection whose CONNECT was accepted by its owner shard.
@@ -181,7 +203,7 @@ struct Established<'a> {
 /// connection ended, was refused, or was handed over to another shard.
 async fn establish<'a>(
     context: &'a ConnectionContext,
-    accepted: Accepted,
+    accepted: Box<Accepted>,
     rejection: Option<ReasonCode>,
 ) -> Option<Established<'a>> {
     let handed_over = !accepted.buffered.is_empty();
@@ -191,7 +213,7 @@ async fn establish<'a>(
         listener,
         buffered,
         assigned_client_id,
-    } = accepted;
+    } = *accepted;
     let Some(endpoint) = context.endpoints.get(listener) else {
         warn!(%peer, listener, "connection from an unknown listener index; closing");
         return None;
@@ -213,7 +235,7 @@ async fn establish<'a>(
         max_packet_size: limits.max_packet_size,
         topic_alias_max: limits.topic_alias_maximum,
     };
-    let mut scratch = vec![0u8; MIN_READ_CHUNK];
+    let mut scratch = vec![0u8; CONNECT_READ_CHUNK];
     let connect = loop {
         if buffer.first().is_some_and(|byte| byte >> 4 != 1) {
             debug!(%peer, "first packet is not CONNECT; closing");
@@ -460,10 +482,25 @@ async fn hand_over(
         .await;
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_session(context: &ConnectionContext, established: Box<Established<'_>>) {
-    // A future keeps its arguments for its whole life, so the CONNECT
-    // arrives boxed and its fields are moved out.
+/// A connection between its CONNECT and its first packet after CONNACK.
+struct Started<'a> {
+    conn: Rc<Conn>,
+    client_id: Arc<str>,
+    reader: ReadHalf<Transport>,
+    buffer: BytesMut,
+    reauthentication: Reauthentication<'a>,
+    writer_task: glommio::Task<()>,
+}
+
+/// Creates the shard's [`Conn`] of an established connection and starts its
+/// writer. Returns the connection and the shard's handling of its CONNECT.
+fn start_session<'a>(
+    context: &'a ConnectionContext,
+    established: Box<Established<'a>>,
+) -> (
+    Started<'a>,
+    std::pin::Pin<Box<impl std::future::Future<Output = ConnectOutcome> + 'a>>,
+) {
     let Established {
         stream,
         peer,
@@ -471,10 +508,9 @@ async fn run_session(context: &ConnectionContext, established: Box<Established<'
         connect,
         client_id,
         assigned,
-        mut reauthentication,
+        reauthentication,
     } = *established;
-    let shard = &context.shard;
-    let limits = shard.limits();
+    let limits = context.shard.limits();
     let protocol = connect.protocol;
     let (max_packet_size, topic_alias_max) = if protocol == Protocol::V5 {
         (
@@ -496,6 +532,7 @@ async fn run_session(context: &ConnectionContext, established: Box<Established<'
         max_packet_size,
         topic_alias_max,
         limits.max_output_buffer,
+        context.output_budget.clone(),
     ));
 
     let (reader, writer) = futures_lite::io::split(stream);
@@ -504,11 +541,31 @@ async fn run_session(context: &ConnectionContext, established: Box<Established<'
         writer,
         context.flush_clock.clone(),
     ));
+    let connecting = Box::pin(context.shard.connect(
+        conn.clone(),
+        connect,
+        client_id.clone(),
+        assigned,
+    ));
+    let started = Started {
+        conn,
+        client_id,
+        reader,
+        buffer,
+        reauthentication,
+        writer_task,
+    };
+    (started, connecting)
+}
 
-    let outcome = Box::pin(shard.connect(conn.clone(), connect, client_id.clone(), assigned)).await;
+async fn run_session(context: &ConnectionContext, established: Box<Established<'_>>) {
+    // The box is freed in `start_session`, before the first await point.
+    let (mut started, connecting) = start_session(context, established);
+    let conn = started.conn.clone();
+    let outcome = connecting.await;
     if outcome.reason.is_error() {
         conn.request_close(CloseRequest { reason: None });
-        writer_task.await;
+        started.writer_task.await;
         return;
     }
 
@@ -517,20 +574,22 @@ async fn run_session(context: &ConnectionContext, established: Box<Established<'
     let ending = read_loop(
         context,
         &conn,
-        &client_id,
-        reader,
-        buffer,
+        &started.client_id,
+        started.reader,
+        started.buffer,
         keep_alive,
-        &mut reauthentication,
+        &mut started.reauthentication,
     )
     .await;
     match ending {
         Ending::Server(reason) => conn.request_close(CloseRequest { reason }),
         Ending::Eof | Ending::ReadFailed => conn.request_close(CloseRequest { reason: None }),
     }
-    Box::pin(shard.disconnected(&conn, &client_id, true)).await;
-    writer_task.await;
-    info!(client_id = %client_id, %peer, ending = ?ending, "disconnected");
+    let client_id = started.client_id;
+    let disconnecting = boxed(|| context.shard.disconnected(&conn, &client_id, true));
+    disconnecting.await;
+    started.writer_task.await;
+    info!(client_id = %client_id, peer = %conn.peer, ending = ?ending, "disconnected");
 }
 
 async fn read_loop(
@@ -542,14 +601,14 @@ async fn read_loop(
     keep_alive: Option<Duration>,
     reauthentication: &mut Reauthentication<'_>,
 ) -> Ending {
-    let limits = context.shard.limits();
-    let decode_context = DecodeContext {
-        protocol: conn.protocol,
-        max_packet_size: limits.max_packet_size,
-        topic_alias_max: limits.topic_alias_maximum,
+    let decode_context = {
+        let limits = context.shard.limits();
+        DecodeContext {
+            protocol: conn.protocol,
+            max_packet_size: limits.max_packet_size,
+            topic_alias_max: limits.topic_alias_maximum,
+        }
     };
-    let mut aliases: HashMap<u16, String> = HashMap::new();
-    let mut scratch = vec![0u8; MIN_READ_CHUNK];
     let last_read = Rc::new(Cell::new(Instant::now()));
     // Dropping the task when the reader returns cancels it.
     let _keep_alive_watch = keep_alive.map(|limit| {
@@ -560,65 +619,31 @@ async fn read_loop(
             limit,
         ))
     });
-    // PUBLISH packets read back to back, handled together so that their
-    // log appends share one group commit.
-    let mut publishes: Vec<Publish> = Vec::new();
+    let mut decoder = Decoder {
+        context: decode_context,
+        aliases: HashMap::new(),
+        publishes: Vec::new(),
+        last_read,
+    };
     loop {
-        // A protocol violation ends the connection, but only after the
-        // PUBLISH packets collected before it are handled.
-        let mut violation = None;
+        // Each step's future is built and boxed by the decoder, so that no
+        // decoded packet is part of this long-lived future.
         loop {
-            let packet = match decode(&mut buffer, &decode_context) {
-                Ok(Some(packet)) => packet,
-                Ok(None) => break,
-                Err(error) => {
-                    warn!(client_id = %client_id, peer = %conn.peer, %error, "protocol violation; closing");
-                    violation = Some(error.reason_code());
-                    break;
-                }
-            };
-            // Keep alive counts whole packets, so a client that trickles
-            // bytes without finishing one is still cut off.
-            last_read.set(Instant::now());
-            let packet = match packet {
-                Packet::Publish(publish) => match resolve_alias(&mut aliases, publish) {
-                    Ok(publish) => {
-                        publishes.push(publish);
-                        if publishes.len() < MAX_PUBLISH_BATCH {
-                            continue;
+            let handling =
+                match decoder.next(context, conn, client_id, &mut buffer, reauthentication) {
+                    Decoded::NeedMore => break,
+                    Decoded::Handle(handling) => handling,
+                    Decoded::End(None, ending) => return ending,
+                    Decoded::End(Some(handling), ending) => {
+                        if let Err(close) = handling.await {
+                            return Ending::Server(close.reason);
                         }
-                        None
+                        return ending;
                     }
-                    Err(reason) => {
-                        warn!(client_id = %client_id, peer = %conn.peer, "PUBLISH with an empty topic and no known topic alias; closing");
-                        violation = Some(reason);
-                        break;
-                    }
-                },
-                other => Some(other),
-            };
-            if let Err(close) = handle_publishes(context, conn, client_id, &mut publishes).await {
+                };
+            if let Err(close) = handling.await {
                 return Ending::Server(close.reason);
             }
-            let Some(packet) = packet else { continue };
-            if let Packet::Auth(auth) = packet {
-                if let Err(reason) = reauthentication.handle(conn, client_id, auth) {
-                    return Ending::Server(Some(reason));
-                }
-                continue;
-            }
-            // Boxed: a connection task is as large as its largest await point,
-            // and it lives as long as the connection.
-            if let Err(close) = Box::pin(context.shard.handle_packet(conn, client_id, packet)).await
-            {
-                return Ending::Server(close.reason);
-            }
-        }
-        if let Err(close) = handle_publishes(context, conn, client_id, &mut publishes).await {
-            return Ending::Server(close.reason);
-        }
-        if let Some(reason) = violation {
-            return Ending::Server(Some(reason));
         }
 
         // Let this shard's writers run before reading more. A read that
@@ -629,18 +654,25 @@ async fn read_loop(
         // writer sends what this read produced in one write.
         future::yield_now().await;
 
-        let read = async { ReadEvent::Data(reader.read(&mut scratch).await) };
+        // An empty buffer gives its memory back: an idle connection then
+        // holds none, and a busy one pays one allocation per read.
+        if buffer.is_empty() {
+            buffer = BytesMut::new();
+        }
+        let read = async {
+            ReadEvent::Data(
+                ReadAppend {
+                    reader: &mut reader,
+                    chunk: &context.read_chunk,
+                    buffer: &mut buffer,
+                }
+                .await,
+            )
+        };
         let closed = async { ReadEvent::CloseRequested(conn.closed().await) };
         match future::or(read, closed).await {
             ReadEvent::Data(Ok(0)) => return Ending::Eof,
-            ReadEvent::Data(Ok(n)) => {
-                buffer.extend_from_slice(&scratch[..n]);
-                // A full read suggests more is waiting: read more at once
-                // next time, up to READ_CHUNK.
-                if n == scratch.len() && scratch.len() < READ_CHUNK {
-                    scratch = vec![0u8; (scratch.len() * 2).min(READ_CHUNK)];
-                }
-            }
+            ReadEvent::Data(Ok(_)) => {}
             ReadEvent::Data(Err(error)) => {
                 if error.kind() == std::io::ErrorKind::InvalidData {
                     info!(client_id = %client_id, peer = %conn.peer, %error, "invalid transport data; closing");
@@ -654,20 +686,143 @@ async fn read_loop(
     }
 }
 
-/// Hands the PUBLISH packets collected by the reader to the shard, if any.
-async fn handle_publishes(
-    context: &ConnectionContext,
-    conn: &Rc<Conn>,
-    client_id: &Arc<str>,
-    publishes: &mut Vec<Publish>,
-) -> Result<(), CloseRequest> {
-    if publishes.is_empty() {
-        return Ok(());
+/// A boxed step of the shard's handling of what a client sent.
+type Handling<'a> = Pin<Box<dyn Future<Output = Result<(), CloseRequest>> + 'a>>;
+
+/// What the reader does next, after decoding what it has read.
+enum Decoded<'a> {
+    /// Everything read so far is handled: read more.
+    NeedMore,
+    /// Run this step, then decode on.
+    Handle(Handling<'a>),
+    /// Run this step, if any, then end the connection.
+    End(Option<Handling<'a>>, Ending),
+}
+
+/// The reader's decoding state: what it needs between reads.
+struct Decoder {
+    context: DecodeContext,
+    /// Topic aliases the client set up, by alias.
+    aliases: HashMap<u16, String>,
+    /// PUBLISH packets read back to back, handled together so that their
+    /// log appends share one group commit.
+    publishes: Vec<Publish>,
+    /// When the last whole packet arrived, for keep alive.
+    last_read: Rc<Cell<Instant>>,
+}
+
+impl Decoder {
+    /// Decodes packets from `buffer` until one needs the shard, and returns
+    /// that step. The futures are built here, not in the reader's loop,
+    /// because a future keeps room for every value it holds across an await
+    /// point: a decoded packet there would size every connection's task.
+    fn next<'a>(
+        &mut self,
+        context: &'a ConnectionContext,
+        conn: &'a Rc<Conn>,
+        client_id: &'a Arc<str>,
+        buffer: &mut BytesMut,
+        reauthentication: &mut Reauthentication<'_>,
+    ) -> Decoded<'a> {
+        loop {
+            // Collected PUBLISH packets go first when the batch is full or
+            // the next packet is of another type, so packets are handled
+            // in the order they came.
+            let batch_ends = self.publishes.len() >= MAX_PUBLISH_BATCH
+                || buffer.first().is_some_and(|byte| byte >> 4 != PUBLISH_TYPE);
+            if batch_ends && !self.publishes.is_empty() {
+                return Decoded::Handle(self.take_publishes(context, conn, client_id));
+            }
+            let packet = match decode(buffer, &self.context) {
+                Ok(Some(packet)) => packet,
+                Ok(None) if self.publishes.is_empty() => return Decoded::NeedMore,
+                Ok(None) => {
+                    return Decoded::Handle(self.take_publishes(context, conn, client_id));
+                }
+                Err(error) => {
+                    // A protocol violation ends the connection, but only
+                    // after the PUBLISH packets collected before it are
+                    // handled.
+                    warn!(client_id = %client_id, peer = %conn.peer, %error, "protocol violation; closing");
+                    return self.end(context, conn, client_id, Some(error.reason_code()));
+                }
+            };
+            // Keep alive counts whole packets, so a client that trickles
+            // bytes without finishing one is still cut off.
+            self.last_read.set(Instant::now());
+            match packet {
+                Packet::Publish(publish) => match resolve_alias(&mut self.aliases, publish) {
+                    Ok(publish) => self.publishes.push(publish),
+                    Err(reason) => {
+                        warn!(client_id = %client_id, peer = %conn.peer, "PUBLISH with an empty topic and no known topic alias; closing");
+                        return self.end(context, conn, client_id, Some(reason));
+                    }
+                },
+                Packet::Auth(auth) => {
+                    if let Err(reason) = reauthentication.handle(conn, client_id, auth) {
+                        return self.end(context, conn, client_id, Some(reason));
+                    }
+                }
+                packet => {
+                    return Decoded::Handle(Box::pin(
+                        context.shard.handle_packet(conn, client_id, packet),
+                    ));
+                }
+            }
+        }
     }
-    let batch = std::mem::take(publishes);
-    // Boxed, so the connection task is not sized by this future's store
-    // and mesh states. This costs one allocation per read batch.
-    Box::pin(context.shard.handle_publishes(conn, client_id, batch)).await
+
+    /// Ends the connection with `reason`, after the collected PUBLISH
+    /// packets.
+    fn end<'a>(
+        &mut self,
+        context: &'a ConnectionContext,
+        conn: &'a Rc<Conn>,
+        client_id: &'a Arc<str>,
+        reason: Option<ReasonCode>,
+    ) -> Decoded<'a> {
+        let handling =
+            (!self.publishes.is_empty()).then(|| self.take_publishes(context, conn, client_id));
+        Decoded::End(handling, Ending::Server(reason))
+    }
+
+    /// Hands the collected PUBLISH packets to the shard. This costs one
+    /// allocation per batch.
+    fn take_publishes<'a>(
+        &mut self,
+        context: &'a ConnectionContext,
+        conn: &'a Rc<Conn>,
+        client_id: &'a Arc<str>,
+    ) -> Handling<'a> {
+        let batch = std::mem::take(&mut self.publishes);
+        Box::pin(context.shard.handle_publishes(conn, client_id, batch))
+    }
+}
+
+/// Reads once from `reader` into the shard's shared `chunk` and appends
+/// what arrived to `buffer`. The chunk is borrowed only within a poll, so
+/// all the shard's readers can use it.
+struct ReadAppend<'a, R> {
+    reader: &'a mut R,
+    chunk: &'a RefCell<Vec<u8>>,
+    buffer: &'a mut BytesMut,
+}
+
+impl<R: futures_lite::AsyncRead + Unpin> std::future::Future for ReadAppend<'_, R> {
+    type Output = std::io::Result<usize>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut chunk = this.chunk.borrow_mut();
+        let result = std::pin::Pin::new(&mut *this.reader).poll_read(cx, &mut chunk);
+        if let std::task::Poll::Ready(Ok(n)) = result {
+            this.buffer.extend_from_slice(&chunk[..n]);
+        }
+        result
+    }
 }
 
 /// What ended one wait of the reader.

@@ -119,6 +119,10 @@ struct Cli {
     /// [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_output_buffer: Option<u64>,
+    /// Bytes buffered over all sockets of one shard before QoS 0 messages
+    /// to sockets holding more than 16 KiB are dropped [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    max_shard_output: Option<u64>,
     /// Seconds a socket may go without draining, while messages to it are
     /// dropped, before its client is disconnected as a slow consumer
     /// [default: 10].
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
             max_connection_rate: cli.max_connection_rate,
             max_inflight: cli.max_inflight,
             max_output_buffer: cli.max_output_buffer,
+            max_shard_output: cli.max_shard_output,
             slow_consumer_timeout: cli.slow_consumer_timeout,
             write_linger_us: cli.write_linger_us,
             ..Default::default()

@@ -363,7 +363,7 @@ async fn shard_main(
                             };
                             let context = context.clone();
                             glommio::spawn_local(
-                                connection::serve(context, accepted).in_current_span(),
+                                connection::serve(context, Box::new(accepted)).in_current_span(),
                             )
                             .detach();
                         }
@@ -418,7 +418,8 @@ async fn shard_main(
                                 assigned_client_id: None,
                             };
                             glommio::spawn_local(
-                                connection::serve(context.clone(), accepted).in_current_span(),
+                                connection::serve(context.clone(), Box::new(accepted))
+                                    .in_current_span(),
                             )
                             .detach();
                         }

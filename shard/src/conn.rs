@@ -31,6 +31,57 @@ pub struct CloseRequest {
 /// that capacity for the next batch.
 const KEEP_OUTPUT_CAPACITY_FROM: usize = 4096;
 
+/// Bytes a connection may hold while its shard is over its output budget.
+/// Beyond them, QoS 0 messages to it are dropped until the shard drains.
+const OVER_BUDGET_OUTPUT: usize = 16 * 1024;
+
+/// Time without write progress after which a connection's output no longer
+/// counts toward its shard's budget. A client that stopped reading is held
+/// to its own `max-output-buffer` and cut off as a slow consumer; it must
+/// not make the shard drop messages to the clients that do read.
+const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// Bytes waiting to be written over the connections of one shard, against
+/// the shard's output budget (`max-shard-output`).
+///
+/// A publisher faster than its subscribers fills every subscriber's buffer
+/// to its own limit, so without a shard-wide bound memory grows with the
+/// number of subscribers. Over the budget, connections that already hold
+/// [`OVER_BUDGET_OUTPUT`] take no more QoS 0 messages until the shard
+/// drains.
+pub struct OutputBudget {
+    limit: usize,
+    used: Cell<usize>,
+}
+
+impl OutputBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Rc<OutputBudget> {
+        Rc::new(OutputBudget {
+            limit,
+            used: Cell::new(0),
+        })
+    }
+
+    /// Bytes buffered or being written, over the connections that count.
+    pub fn used(&self) -> usize {
+        self.used.get()
+    }
+
+    /// Returns true when the shard holds at least its budget.
+    pub fn is_over(&self) -> bool {
+        self.used.get() >= self.limit
+    }
+
+    fn add(&self, bytes: usize) {
+        self.used.set(self.used.get() + bytes);
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.set(self.used.get().saturating_sub(bytes));
+    }
+}
+
 /// Output side and negotiated limits of one connection.
 pub struct Conn {
     pub id: ConnId,
@@ -63,6 +114,11 @@ pub struct Conn {
     writing: Cell<usize>,
     /// Writer waiting in [`Conn::urgent`], woken only by urgent output.
     urgent_waker: Cell<Option<Waker>>,
+    /// The shard's budget, charged for `output` and `writing` while
+    /// `charged` is true.
+    budget: Rc<OutputBudget>,
+    /// False while the writer is stalled (see [`STALLED_AFTER`]).
+    charged: Cell<bool>,
 }
 
 impl Conn {
@@ -73,6 +129,7 @@ impl Conn {
         max_packet_size: u32,
         topic_alias_max: u16,
         output_limit: usize,
+        budget: Rc<OutputBudget>,
     ) -> Conn {
         Conn {
             id,
@@ -91,6 +148,8 @@ impl Conn {
             urgent: Cell::new(false),
             urgent_waker: Cell::new(None),
             writing: Cell::new(0),
+            budget,
+            charged: Cell::new(true),
         }
     }
 
@@ -104,7 +163,7 @@ impl Conn {
         if encoded_len(packet, self.protocol) > self.max_packet_size as usize {
             return false;
         }
-        encode(packet, self.protocol, &mut self.output.borrow_mut());
+        self.append(|output| encode(packet, self.protocol, output));
         if !matches!(packet, Packet::Publish(_)) {
             self.urgent.set(true);
             if let Some(waker) = self.urgent_waker.take() {
@@ -127,21 +186,49 @@ impl Conn {
         if self.close.get().is_some() || frame.len() > self.max_packet_size as usize {
             return false;
         }
-        let mut output = self.output.borrow_mut();
-        let start = output.len();
-        output.extend_from_slice(frame);
-        if let (Some(packet_id), Some(offset)) = (packet_id, packet_id_offset) {
-            output[start + offset..start + offset + 2].copy_from_slice(&packet_id.to_be_bytes());
-        }
-        drop(output);
+        self.append(|output| {
+            let start = output.len();
+            output.extend_from_slice(frame);
+            if let (Some(packet_id), Some(offset)) = (packet_id, packet_id_offset) {
+                output[start + offset..start + offset + 2]
+                    .copy_from_slice(&packet_id.to_be_bytes());
+            }
+        });
         self.wake();
         true
     }
 
-    /// Returns true when the output buffer is over its limit, so that a QoS 0
-    /// message should be dropped instead of buffered.
+    /// Runs `write` on the output buffer and charges what it added to the
+    /// shard's budget.
+    fn append(&self, write: impl FnOnce(&mut BytesMut)) {
+        let mut output = self.output.borrow_mut();
+        let before = output.len();
+        write(&mut output);
+        self.charge(output.len() - before);
+    }
+
+    fn charge(&self, bytes: usize) {
+        if self.charged.get() {
+            self.budget.add(bytes);
+        }
+    }
+
+    fn uncharge(&self, bytes: usize) {
+        if self.charged.get() {
+            self.budget.release(bytes);
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.output.borrow().len() + self.writing.get()
+    }
+
+    /// Returns true when a QoS 0 message should be dropped instead of
+    /// buffered: the connection holds its own limit, or the shard is over
+    /// its output budget and this connection holds more than a little.
     pub fn is_congested(&self) -> bool {
-        self.output.borrow().len() + self.writing.get() >= self.output_limit
+        let held = self.held();
+        held >= self.output_limit || (held >= OVER_BUDGET_OUTPUT && self.budget.is_over())
     }
 
     /// Counts one message dropped for this connection.
@@ -157,12 +244,26 @@ impl Conn {
     /// The writer calls this after every partial write.
     pub fn note_write_progress(&self, now: Instant) {
         self.write_progress.set(Some(now));
+        if !self.charged.get() {
+            self.charged.set(true);
+            self.budget.add(self.held());
+        }
     }
 
     /// Records that the writer finished its write and is waiting for output.
     pub fn note_write_idle(&self) {
         self.write_progress.set(None);
-        self.writing.set(0);
+        self.uncharge(self.writing.replace(0));
+    }
+
+    /// Stops counting this connection's output toward the shard's budget
+    /// when its writer has made no progress for [`STALLED_AFTER`]. Called
+    /// when a message to it is dropped; progress counts it again.
+    pub fn note_dropped_while_stalled(&self, now: Instant) {
+        if self.charged.get() && self.write_stalled_for(now) >= STALLED_AFTER {
+            self.budget.release(self.held());
+            self.charged.set(false);
+        }
     }
 
     /// Returns how long the current write has made no progress, which is
@@ -202,7 +303,7 @@ impl Conn {
                     reason,
                     properties: Default::default(),
                 });
-                encode(&packet, self.protocol, &mut self.output.borrow_mut());
+                self.append(|output| encode(&packet, self.protocol, output));
             }
             self.close.set(Some(request));
         }
@@ -254,7 +355,9 @@ impl Conn {
             0
         };
         self.urgent.set(false);
-        self.writing.set(output.len());
+        // Bytes of an earlier write that never reported idle stay charged
+        // until now.
+        self.uncharge(self.writing.replace(output.len()));
         std::mem::replace(&mut *output, BytesMut::with_capacity(capacity))
     }
 
@@ -279,6 +382,12 @@ impl Conn {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.uncharge(self.held());
     }
 }
 

@@ -27,7 +27,7 @@ mod session;
 pub mod trie;
 
 pub use authorize::{Access, Authorizer};
-pub use conn::{CloseRequest, Conn, ConnId};
+pub use conn::{CloseRequest, Conn, ConnId, OutputBudget};
 pub use engine::{ConnectOutcome, Shard};
 pub use mesh::{Handoff, ShardId, ShardMsg};
 pub use message::{Delivery, Publication};
@@ -66,6 +66,10 @@ pub struct Limits {
     /// Bytes buffered for one socket beyond which QoS 0 messages to it are
     /// dropped instead of buffered.
     pub max_output_buffer: usize,
+    /// Bytes buffered over all of a shard's sockets beyond which QoS 0
+    /// messages to sockets that hold more than a little are dropped (see
+    /// [`OutputBudget`]).
+    pub max_shard_output: usize,
     /// Largest number of outbound QoS 1/2 messages in flight per session,
     /// whatever Receive Maximum the client announces.
     pub max_inflight: u16,
@@ -89,6 +93,7 @@ impl Default for Limits {
             max_keep_alive: u16::MAX,
             max_session_expiry: u32::MAX,
             max_output_buffer: 1024 * 1024,
+            max_shard_output: 16 * 1024 * 1024,
             max_inflight: u16::MAX,
             slow_consumer_timeout: Duration::from_secs(10),
             write_linger: Duration::from_micros(DEFAULT_WRITE_LINGER_US),

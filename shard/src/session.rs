@@ -245,6 +245,7 @@ impl Session {
     /// time a message for the connected client is dropped, so a client that
     /// falls behind only briefly loses messages but stays connected.
     fn disconnect_if_slow(&self, conn: &Conn, limits: &Limits, now: Instant) {
+        conn.note_dropped_while_stalled(now);
         let stalled = conn.write_stalled_for(now);
         if stalled < limits.slow_consumer_timeout || conn.close_requested().is_some() {
             return;

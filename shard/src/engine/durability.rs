@@ -96,7 +96,11 @@ impl Shard {
                     return;
                 };
                 let last = persistence.last_offset();
-                let needed = persist::lowest_needed(state.sessions.values_mut(), settled, last);
+                let needed = persist::lowest_needed(
+                    state.sessions.values_mut().map(|session| &mut **session),
+                    settled,
+                    last,
+                );
                 settled = last;
                 persistence.needed[state.id].store(needed, std::sync::atomic::Ordering::Relaxed);
                 (persistence, state.id)

@@ -141,8 +141,8 @@ impl ShardState {
     }
 
     /// Creates an empty session that starts reading the log at its end.
-    pub(super) fn new_session(&self, client_id: Arc<str>, protocol: Protocol) -> Session {
-        let mut session = Session::new(client_id, protocol);
+    pub(super) fn new_session(&self, client_id: Arc<str>, protocol: Protocol) -> Box<Session> {
+        let mut session = Box::new(Session::new(client_id, protocol));
         if let Some(persistence) = &self.persistence {
             session.journal = Some(self.journal.clone());
             session.log_seen = persistence.last_offset();

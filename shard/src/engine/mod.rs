@@ -63,7 +63,7 @@ struct ShardState {
     id: ShardId,
     shards: usize,
     limits: Limits,
-    sessions: HashMap<Arc<str>, Session>,
+    sessions: HashMap<Arc<str>, Box<Session>>,
     /// Subscriptions of local sessions: filter -> client id -> options.
     subscriptions: FilterTrie<Arc<str>, Subscription>,
     /// Local members of each shared subscription, by `$share/group/filter`.

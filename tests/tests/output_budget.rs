@@ -1,0 +1,116 @@
+//! The shard-wide output budget (`--max-shard-output`). Once a shard holds
+//! its budget in unsent output, QoS 0 messages to sockets that already hold
+//! 16 KiB are dropped, so the broker's memory stops growing with the number
+//! of subscribers. A socket that has not drained for a second stops
+//! counting, so a client that stopped reading costs the others nothing.
+
+use std::thread;
+use std::time::Duration;
+
+use coremq_tests::packets::{connect_v5, publish};
+use coremq_tests::{Broker, Packet, QoS, RawClient, ReasonCode};
+
+/// Payload size of the flooded messages.
+const PAYLOAD: usize = 1024;
+
+/// Per-socket limit in these tests: far above what they send, so that
+/// only the shard's budget can drop a message.
+const SOCKET_LIMIT: &str = "8388608";
+
+/// Sends `count` QoS 0 messages of [`PAYLOAD`] bytes on `topic`, then waits
+/// for a PINGRESP, which the broker sends after it has handled them all.
+fn flood(publisher: &mut RawClient, topic: &str, count: usize) {
+    let payload = vec![b'b'; PAYLOAD];
+    for _ in 0..count {
+        publisher.send(&Packet::Publish(publish(
+            topic,
+            QoS::AtMostOnce,
+            0,
+            &payload,
+        )));
+    }
+    publisher.ping();
+}
+
+/// A subscriber on `topic` whose socket takes almost nothing while it does
+/// not read.
+fn stalled_subscriber(broker: &Broker, client_id: &str, topic: &str) -> RawClient {
+    let mut client = RawClient::connect_with_receive_buffer(broker.addr(), 4096);
+    assert_eq!(
+        client.connect_with(connect_v5(client_id)).reason,
+        ReasonCode::SUCCESS
+    );
+    client.subscribe(topic, QoS::AtMostOnce);
+    client
+}
+
+/// Floods a subscriber that does not read and returns how many of the
+/// messages it receives once it reads.
+fn delivered_to_stalled_subscriber(budget: &str) -> usize {
+    let broker = Broker::start(&[
+        "--shards",
+        "1",
+        "--max-output-buffer",
+        SOCKET_LIMIT,
+        "--max-shard-output",
+        budget,
+    ]);
+    let mut stalled = stalled_subscriber(&broker, "budget-stalled", "budget/t");
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "budget-pub");
+    flood(&mut publisher, "budget/t", 1000);
+    stalled.drain_publishes(Duration::from_millis(500)).len()
+}
+
+#[test]
+fn over_budget_drops_qos0_to_sockets_that_hold_output() {
+    // 1,000 messages of 1 KiB fit the 8 MiB socket limit: without a shard
+    // budget in the way, the subscriber gets them all.
+    let unbounded = delivered_to_stalled_subscriber("4294967295");
+    assert!(
+        unbounded >= 990,
+        "{unbounded} of 1000 messages delivered with no shard budget"
+    );
+
+    // With a 64 KiB budget, the broker keeps about 64 KiB for the socket;
+    // the kernel's socket buffers hold a little more.
+    let bounded = delivered_to_stalled_subscriber("65536");
+    assert!(
+        bounded <= 500,
+        "{bounded} of 1000 messages delivered with a 64 KiB shard budget"
+    );
+}
+
+#[test]
+fn stalled_socket_stops_counting_toward_the_budget() {
+    let broker = Broker::start(&[
+        "--shards",
+        "1",
+        "--max-output-buffer",
+        SOCKET_LIMIT,
+        "--max-shard-output",
+        "2097152",
+    ]);
+    // The stalled subscriber takes the whole budget of 2 MiB, beyond what
+    // the kernel's socket buffers take.
+    let stalled = stalled_subscriber(&broker, "budget-stuck", "budget/shared");
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "budget-filler");
+    flood(&mut publisher, "budget/shared", 8000);
+    // Past the one second without progress after which it stops counting.
+    thread::sleep(Duration::from_millis(1500));
+
+    // A subscriber that reads gets every message of a 1 MiB flood, which
+    // alone cannot fill the budget. Were the stalled bytes still counted,
+    // the shard would stay over budget, and messages would be dropped
+    // whenever a read batch left 16 KiB queued for this socket.
+    let (mut reader, _) = RawClient::connect_v5(broker.addr(), "budget-reader");
+    reader.subscribe("budget/shared", QoS::AtMostOnce);
+    let counter = thread::spawn(move || reader.drain_publishes(Duration::from_secs(2)).len());
+    flood(&mut publisher, "budget/shared", 1000);
+    let received = counter.join().expect("reader thread");
+    assert_eq!(
+        received, 1000,
+        "messages delivered to the reading subscriber"
+    );
+    // Connected until here: a closed socket would stop counting anyway.
+    drop(stalled);
+}
