@@ -38,7 +38,11 @@ const CONNECT_READ_CHUNK: usize = 1024;
 
 /// Largest number of bytes read from a socket per read call: the size of
 /// the read buffer the connections of a shard share.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Spare capacity a connection's read buffer may keep beyond twice what
+/// it holds between reads.
+const MIN_SPARE_READ_CAPACITY: usize = 4096;
 
 /// Packet type of PUBLISH, in the high four bits of its first byte.
 const PUBLISH_TYPE: u8 = 3;
@@ -655,9 +659,14 @@ async fn read_loop(
         future::yield_now().await;
 
         // An empty buffer gives its memory back: an idle connection then
-        // holds none, and a busy one pays one allocation per read.
+        // holds none, and a busy one pays one allocation per read. A buffer
+        // left with a small part of a packet moves it to a buffer of its
+        // size, so that a publisher's buffer does not keep the capacity of
+        // its largest read.
         if buffer.is_empty() {
             buffer = BytesMut::new();
+        } else if buffer.capacity() > 2 * buffer.len() + MIN_SPARE_READ_CAPACITY {
+            buffer = BytesMut::from(&buffer[..]);
         }
         let read = async {
             ReadEvent::Data(

@@ -31,9 +31,14 @@ pub struct CloseRequest {
 /// that capacity for the next batch.
 const KEEP_OUTPUT_CAPACITY_FROM: usize = 4096;
 
+/// Largest buffer kept for the next batch. A connection whose output once
+/// grew to megabytes must not hold that much memory for good, beyond what
+/// the shard's output budget counts.
+const KEEP_OUTPUT_CAPACITY_UP_TO: usize = 16 * 1024;
+
 /// Bytes a connection may hold while its shard is over its output budget.
 /// Beyond them, QoS 0 messages to it are dropped until the shard drains.
-const OVER_BUDGET_OUTPUT: usize = 16 * 1024;
+const OVER_BUDGET_OUTPUT: usize = 4 * 1024;
 
 /// Time without write progress after which a connection's output no longer
 /// counts toward its shard's budget. A client that stopped reading is held
@@ -41,8 +46,9 @@ const OVER_BUDGET_OUTPUT: usize = 16 * 1024;
 /// not make the shard drop messages to the clients that do read.
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 
-/// Bytes waiting to be written over the connections of one shard, against
-/// the shard's output budget (`max-shard-output`).
+/// Memory of the output buffers of one shard's connections (their
+/// capacity, not only the bytes waiting in them), against the shard's
+/// output budget (`max-shard-output`).
 ///
 /// A publisher faster than its subscribers fills every subscriber's buffer
 /// to its own limit, so without a shard-wide bound memory grows with the
@@ -63,7 +69,7 @@ impl OutputBudget {
         })
     }
 
-    /// Bytes buffered or being written, over the connections that count.
+    /// Bytes of output buffers, over the connections that count.
     pub fn used(&self) -> usize {
         self.used.get()
     }
@@ -114,11 +120,15 @@ pub struct Conn {
     writing: Cell<usize>,
     /// Writer waiting in [`Conn::urgent`], woken only by urgent output.
     urgent_waker: Cell<Option<Waker>>,
-    /// The shard's budget, charged for `output` and `writing` while
-    /// `charged` is true.
+    /// The shard's budget, charged for the memory of `output` and of the
+    /// buffer being written while `counted` is true.
     budget: Rc<OutputBudget>,
     /// False while the writer is stalled (see [`STALLED_AFTER`]).
-    charged: Cell<bool>,
+    counted: Cell<bool>,
+    /// Capacity of the buffer the writer took, until its write finishes.
+    writing_capacity: Cell<usize>,
+    /// Bytes this connection has charged to the budget.
+    charged: Cell<usize>,
 }
 
 impl Conn {
@@ -149,7 +159,9 @@ impl Conn {
             urgent_waker: Cell::new(None),
             writing: Cell::new(0),
             budget,
-            charged: Cell::new(true),
+            counted: Cell::new(true),
+            writing_capacity: Cell::new(0),
+            charged: Cell::new(0),
         }
     }
 
@@ -201,21 +213,24 @@ impl Conn {
     /// Runs `write` on the output buffer and charges what it added to the
     /// shard's budget.
     fn append(&self, write: impl FnOnce(&mut BytesMut)) {
-        let mut output = self.output.borrow_mut();
-        let before = output.len();
-        write(&mut output);
-        self.charge(output.len() - before);
+        write(&mut self.output.borrow_mut());
+        self.recharge();
     }
 
-    fn charge(&self, bytes: usize) {
-        if self.charged.get() {
-            self.budget.add(bytes);
-        }
-    }
-
-    fn uncharge(&self, bytes: usize) {
-        if self.charged.get() {
-            self.budget.release(bytes);
+    /// Brings this connection's charge on the shard's budget up to date:
+    /// the capacity of its buffers, which is the memory they take, or
+    /// nothing while it does not count.
+    fn recharge(&self) {
+        let memory = if self.counted.get() {
+            self.output.borrow().capacity() + self.writing_capacity.get()
+        } else {
+            0
+        };
+        let charged = self.charged.replace(memory);
+        if memory >= charged {
+            self.budget.add(memory - charged);
+        } else {
+            self.budget.release(charged - memory);
         }
     }
 
@@ -244,25 +259,27 @@ impl Conn {
     /// The writer calls this after every partial write.
     pub fn note_write_progress(&self, now: Instant) {
         self.write_progress.set(Some(now));
-        if !self.charged.get() {
-            self.charged.set(true);
-            self.budget.add(self.held());
+        if !self.counted.get() {
+            self.counted.set(true);
+            self.recharge();
         }
     }
 
     /// Records that the writer finished its write and is waiting for output.
     pub fn note_write_idle(&self) {
         self.write_progress.set(None);
-        self.uncharge(self.writing.replace(0));
+        self.writing.set(0);
+        self.writing_capacity.set(0);
+        self.recharge();
     }
 
     /// Stops counting this connection's output toward the shard's budget
     /// when its writer has made no progress for [`STALLED_AFTER`]. Called
     /// when a message to it is dropped; progress counts it again.
     pub fn note_dropped_while_stalled(&self, now: Instant) {
-        if self.charged.get() && self.write_stalled_for(now) >= STALLED_AFTER {
-            self.budget.release(self.held());
-            self.charged.set(false);
+        if self.counted.get() && self.write_stalled_for(now) >= STALLED_AFTER {
+            self.counted.set(false);
+            self.recharge();
         }
     }
 
@@ -350,15 +367,17 @@ impl Conn {
         // next batch does not regrow it. A quiet one keeps none, which
         // matters when many connections are idle.
         let capacity = if output.len() >= KEEP_OUTPUT_CAPACITY_FROM {
-            output.capacity()
+            output.capacity().min(KEEP_OUTPUT_CAPACITY_UP_TO)
         } else {
             0
         };
         self.urgent.set(false);
-        // Bytes of an earlier write that never reported idle stay charged
-        // until now.
-        self.uncharge(self.writing.replace(output.len()));
-        std::mem::replace(&mut *output, BytesMut::with_capacity(capacity))
+        self.writing.set(output.len());
+        self.writing_capacity.set(output.capacity());
+        let taken = std::mem::replace(&mut *output, BytesMut::with_capacity(capacity));
+        drop(output);
+        self.recharge();
+        taken
     }
 
     /// Waits until there is output to write or a close was requested.
@@ -387,7 +406,8 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.uncharge(self.held());
+        self.counted.set(false);
+        self.recharge();
     }
 }
 
