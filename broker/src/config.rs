@@ -36,7 +36,7 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("invalid value for `{key}`: {message}")]
+    #[error("invalid value for `{key}`{}: {message}", flag_hint(key))]
     Invalid { key: &'static str, message: String },
     #[error("invalid {protocol} listener {address}: {message}")]
     InvalidListener {
@@ -295,8 +295,9 @@ pub struct LimitsConfig {
     /// Bytes buffered per socket before QoS 0 messages to it are dropped;
     /// default 1 MiB.
     pub max_output_buffer: Option<u64>,
-    /// Bytes buffered over all sockets of one shard before QoS 0 messages
-    /// to sockets holding more than 16 KiB are dropped; default 16 MiB.
+    /// Bytes of output buffers over all sockets of one shard beyond which
+    /// QoS 0 messages to sockets with 4 KiB queued are dropped; default
+    /// 16 MiB.
     pub max_shard_output: Option<u64>,
     /// New connections per second accepted from one source IP address;
     /// default 0, which means no limit.
@@ -863,6 +864,15 @@ fn merge_limits(file: LimitsConfig, cli: LimitsConfig) -> LimitsConfig {
     }
 }
 
+/// Names the command-line flag that also sets config `key`, for error
+/// messages: a value may come from either.
+fn flag_hint(key: &str) -> String {
+    match key.strip_prefix("limits.") {
+        Some(name) if name != "max-session-expiry" => format!(" (flag --{name})"),
+        _ => String::new(),
+    }
+}
+
 fn checked(
     key: &'static str,
     value: Option<u64>,
@@ -965,6 +975,21 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("limits.receive-maximum"), "{message}");
         assert!(message.contains("use 1 to 65535"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_flag_named() {
+        let overrides = Overrides {
+            limits: LimitsConfig {
+                write_linger_us: Some(100_001),
+                ..LimitsConfig::default()
+            },
+            ..Overrides::default()
+        };
+        let error = Config::from_parts(FileConfig::default(), overrides).expect_err("too long");
+        let message = error.to_string();
+        assert!(message.contains("--write-linger-us"), "{message}");
+        assert!(message.contains("100001 is out of range"), "{message}");
     }
 
     #[test]

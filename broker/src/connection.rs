@@ -40,8 +40,8 @@ const CONNECT_READ_CHUNK: usize = 1024;
 /// the read buffer the connections of a shard share.
 const READ_CHUNK: usize = 32 * 1024;
 
-/// Spare capacity a connection's read buffer may keep beyond twice what
-/// it holds between reads.
+/// Spare capacity a connection's read buffer may keep between reads,
+/// beyond twice its unread bytes.
 const MIN_SPARE_READ_CAPACITY: usize = 4096;
 
 /// Packet type of PUBLISH, in the high four bits of its first byte.
@@ -73,11 +73,11 @@ pub struct ConnectionContext {
     next_conn_id: Rc<Cell<u64>>,
     /// Batches writes to busy sockets (`write-linger-us`).
     flush_clock: Rc<FlushClock>,
-    /// Bytes waiting for this shard's sockets (`max-shard-output`).
+    /// Memory of this shard's output buffers (`max-shard-output`).
     output_budget: Rc<OutputBudget>,
     /// The buffer every connection of the shard reads into. What a read
     /// returns is copied to the connection's own buffer at once, so an
-    /// idle connection holds no read buffer.
+    /// idle connection has no read buffer.
     read_chunk: Rc<RefCell<Vec<u8>>>,
 }
 
@@ -183,7 +183,7 @@ pub async fn serve(context: ConnectionContext, accepted: Box<Accepted>) {
 
 /// Boxes the future that `start` returns.
 ///
-/// A future keeps room for every value it holds at any await point,
+/// A future keeps room for every value live at any of its await points,
 /// temporaries and values already moved away included, for its whole life.
 /// `Box::pin(step()).await` therefore still sizes the caller by `step`'s
 /// future. Built here, the future lives only in its box, and the caller
@@ -698,7 +698,7 @@ async fn read_loop(
 /// A boxed step of the shard's handling of what a client sent.
 type Handling<'a> = Pin<Box<dyn Future<Output = Result<(), CloseRequest>> + 'a>>;
 
-/// What the reader does next, after decoding what it has read.
+/// The reader's next step, after decoding what it has read.
 enum Decoded<'a> {
     /// Everything read so far is handled: read more.
     NeedMore,
@@ -723,7 +723,7 @@ struct Decoder {
 impl Decoder {
     /// Decodes packets from `buffer` until one needs the shard, and returns
     /// that step. The futures are built here, not in the reader's loop,
-    /// because a future keeps room for every value it holds across an await
+    /// because a future keeps room for every value live across an await
     /// point: a decoded packet there would size every connection's task.
     fn next<'a>(
         &mut self,

@@ -119,8 +119,9 @@ struct Cli {
     /// [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     max_output_buffer: Option<u64>,
-    /// Bytes buffered over all sockets of one shard before QoS 0 messages
-    /// to sockets holding more than 16 KiB are dropped [default: 16777216].
+    /// Bytes of output buffers over all sockets of one shard beyond which
+    /// QoS 0 messages to sockets with 4 KiB queued are dropped
+    /// [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     max_shard_output: Option<u64>,
     /// Seconds a socket may go without draining, while messages to it are

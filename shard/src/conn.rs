@@ -41,9 +41,9 @@ const KEEP_OUTPUT_CAPACITY_UP_TO: usize = 16 * 1024;
 const OVER_BUDGET_OUTPUT: usize = 4 * 1024;
 
 /// Time without write progress after which a connection's output no longer
-/// counts toward its shard's budget. A client that stopped reading is held
-/// to its own `max-output-buffer` and cut off as a slow consumer; it must
-/// not make the shard drop messages to the clients that do read.
+/// counts toward its shard's budget. A client that stopped reading is then
+/// bound by its own `max-output-buffer` and cut off as a slow consumer, so
+/// it does not make the shard drop messages to the clients that do read.
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 
 /// Memory of the output buffers of one shard's connections (their
@@ -61,7 +61,7 @@ pub struct OutputBudget {
 }
 
 impl OutputBudget {
-    /// A budget of `limit` bytes.
+    /// Creates a budget of `limit` bytes.
     pub fn new(limit: usize) -> Rc<OutputBudget> {
         Rc::new(OutputBudget {
             limit,
@@ -74,7 +74,7 @@ impl OutputBudget {
         self.used.get()
     }
 
-    /// Returns true when the shard holds at least its budget.
+    /// Returns true when the shard's output buffers take at least the budget.
     pub fn is_over(&self) -> bool {
         self.used.get() >= self.limit
     }
@@ -239,8 +239,8 @@ impl Conn {
     }
 
     /// Returns true when a QoS 0 message should be dropped instead of
-    /// buffered: the connection holds its own limit, or the shard is over
-    /// its output budget and this connection holds more than a little.
+    /// buffered: the connection has reached its own limit, or the shard is
+    /// over its output budget and this connection has 4 KiB or more queued.
     pub fn is_congested(&self) -> bool {
         let held = self.held();
         held >= self.output_limit || (held >= OVER_BUDGET_OUTPUT && self.budget.is_over())

@@ -66,8 +66,8 @@ pub struct Limits {
     /// Bytes buffered for one socket beyond which QoS 0 messages to it are
     /// dropped instead of buffered.
     pub max_output_buffer: usize,
-    /// Bytes buffered over all of a shard's sockets beyond which QoS 0
-    /// messages to sockets that hold more than a little are dropped (see
+    /// Bytes of output buffers over all of a shard's sockets beyond which
+    /// QoS 0 messages to sockets with 4 KiB queued are dropped (see
     /// [`OutputBudget`]).
     pub max_shard_output: usize,
     /// Largest number of outbound QoS 1/2 messages in flight per session,

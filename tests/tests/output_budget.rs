@@ -1,6 +1,6 @@
-//! The shard-wide output budget (`--max-shard-output`). Once a shard holds
-//! its budget in output buffers, QoS 0 messages to sockets that already
-//! hold 4 KiB are dropped, so the broker's memory stops growing with the number
+//! The shard-wide output budget (`--max-shard-output`). Once a shard's
+//! output buffers take its budget, QoS 0 messages to sockets that already
+//! have 4 KiB queued are dropped, so the broker's memory stops growing with the number
 //! of subscribers. A socket that has not drained for a second stops
 //! counting, so a client that stopped reading costs the others nothing.
 
@@ -36,8 +36,8 @@ fn flood(publisher: &mut RawClient, topic: &str, count: usize) {
     publisher.ping();
 }
 
-/// A subscriber on `topic` whose socket takes almost nothing while it does
-/// not read.
+/// Connects a subscriber on `topic` whose socket takes almost nothing
+/// while it does not read.
 fn stalled_subscriber(broker: &Broker, client_id: &str, topic: &str) -> RawClient {
     let mut client = RawClient::connect_with_receive_buffer(broker.addr(), 4096);
     assert_eq!(
@@ -66,7 +66,7 @@ fn delivered_to_stalled_subscriber(budget: &str) -> usize {
 }
 
 #[test]
-fn over_budget_drops_qos0_to_sockets_that_hold_output() {
+fn over_budget_drops_qos0_to_busy_socket() {
     // 8 MiB of messages fit the 16 MiB socket limit: without a shard
     // budget in the way, the subscriber gets them all.
     let unbounded = delivered_to_stalled_subscriber("4294967295");
@@ -86,7 +86,7 @@ fn over_budget_drops_qos0_to_sockets_that_hold_output() {
 }
 
 #[test]
-fn stalled_socket_stops_counting_toward_the_budget() {
+fn stalled_socket_stops_counting() {
     let broker = Broker::start(&[
         "--shards",
         "1",
