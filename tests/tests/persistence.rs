@@ -296,6 +296,27 @@ fn unacknowledged_deliveries_survive_kill_for_online_session() {
 }
 
 #[test]
+fn subscription_survives_kill_after_suback() {
+    // Session records are otherwise written every 20 ms. A SUBACK of a
+    // persistent session waits for its record, so a kill right after it
+    // keeps the subscription.
+    let dir = TempDir::new().expect("temporary directory");
+    let mut broker = start_durable(&dir);
+    let (mut subscriber, _) = resume(&broker, "acked-sub");
+    subscriber.subscribe("acked/t", QoS::AtLeastOnce);
+    broker.kill_and_restart();
+
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "acked-pub");
+    let reason = publisher.publish(publish("acked/t", QoS::AtLeastOnce, 1, b"kept"));
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    let (mut subscriber, present) = resume(&broker, "acked-sub");
+    assert!(present, "the session did not survive the kill");
+    let message = subscriber.expect_publish();
+    assert_eq!(message.topic, "acked/t");
+    assert_eq!(&message.payload[..], b"kept");
+}
+
+#[test]
 fn retained_messages_and_subscriptions_survive_restart() {
     let dir = TempDir::new().expect("temporary directory");
     let mut broker = start_durable(&dir);

@@ -338,7 +338,7 @@ impl Shard {
                     .borrow_mut()
                     .handle_control(conn, client_id, other)?;
                 if let Some(reply) = reply {
-                    self.persist_session_now(client_id).await?;
+                    self.persist_session_now(client_id, "QoS 2 reply").await?;
                     conn.send(&reply);
                 }
                 Ok(())
@@ -347,10 +347,11 @@ impl Shard {
     }
 
     /// Writes the stored record of a persistent session now, for replies
-    /// that must not go out before it (PUBREC, PUBREL, PUBCOMP). When the
-    /// write fails, the reply is withheld and the client is disconnected
-    /// with 0x80, and it repeats the exchange after reconnecting.
-    async fn persist_session_now(&self, client_id: &Arc<str>) -> HandleResult {
+    /// that must not go out before it (SUBACK, PUBREC, PUBREL, PUBCOMP),
+    /// named by `reply` in the log. When the write fails, the reply is
+    /// withheld and the client is disconnected with 0x80, and it repeats
+    /// the exchange after reconnecting.
+    async fn persist_session_now(&self, client_id: &Arc<str>, reply: &str) -> HandleResult {
         let Some(persistence) = self.state.borrow().persistence.clone() else {
             return Ok(());
         };
@@ -372,7 +373,7 @@ impl Shard {
         match persistence.store.put_session(record).await {
             Ok(()) => Ok(()),
             Err(error) => {
-                error!(client_id = %client_id, %error, "failed to store session; withholding the QoS 2 reply and disconnecting the client");
+                error!(client_id = %client_id, %error, reply, "failed to store session; withholding the reply and disconnecting the client");
                 if let Some(session) = self.state.borrow_mut().sessions.get_mut(client_id) {
                     session.mark_dirty();
                 }
@@ -416,7 +417,7 @@ impl Shard {
                 matches!(step, PublishStep::Route { publication, .. } if publication.qos == QoS::ExactlyOnce)
             });
             if exactly_once {
-                if let Err(close) = self.persist_session_now(client_id).await {
+                if let Err(close) = self.persist_session_now(client_id, "QoS 2 reply").await {
                     // The messages are in the log: route them, so that the
                     // client's re-sends are acknowledged without a second copy.
                     let _ = self.route_steps(conn, steps).await;
@@ -532,8 +533,13 @@ impl Shard {
                 .borrow_mut()
                 .subscribe(conn, client_id, subscribe, &mut outbox)?;
         // The SUBACK goes out only once every shard knows of the new
-        // interest, so a publish that follows it anywhere reaches us.
+        // interest, so a publish that follows it anywhere reaches us. It
+        // also waits until a persistent session's stored record includes
+        // the subscription, so a crash right after the SUBACK keeps it.
         self.flush(outbox).await;
+        if retained.is_some() {
+            self.persist_session_now(client_id, "SUBACK").await?;
+        }
         let mut state = self.state.borrow_mut();
         let limits = state.limits.clone();
         let now = Instant::now();
