@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use coremq_tests::broker::field_value;
-use coremq_tests::packets::{self, connect_persistent, publish, retained};
+use coremq_tests::packets::{self, connect_persistent, publish, retained, unsubscribe};
 use coremq_tests::{Broker, Packet, Protocol, QoS, RawClient, ReasonCode, RecvError};
 use rand::Rng;
 use tempfile::TempDir;
@@ -314,6 +314,38 @@ fn subscription_survives_kill_after_suback() {
     let message = subscriber.expect_publish();
     assert_eq!(message.topic, "acked/t");
     assert_eq!(&message.payload[..], b"kept");
+}
+
+#[test]
+fn unsubscribe_survives_kill_after_unsuback() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut broker = start_durable(&dir);
+    let (mut subscriber, _) = resume(&broker, "dropped-sub");
+    subscriber.subscribe("dropped/t", QoS::AtLeastOnce);
+    subscriber.subscribe("dropped/kept", QoS::AtLeastOnce);
+    // Let the periodic writer store both subscriptions first.
+    thread::sleep(Duration::from_millis(200));
+    subscriber.unsubscribe_with(unsubscribe(2, &["dropped/t"]));
+    broker.kill_and_restart();
+
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "dropped-pub");
+    // With the unsubscribe kept, dropped/t has no subscriber left.
+    let reason = publisher.publish(publish("dropped/t", QoS::AtLeastOnce, 1, b"after"));
+    assert_eq!(reason, ReasonCode::NO_MATCHING_SUBSCRIBERS);
+    let reason = publisher.publish(publish("dropped/kept", QoS::AtLeastOnce, 2, b"after"));
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    let (mut subscriber, present) = resume(&broker, "dropped-sub");
+    assert!(present, "the session did not survive the kill");
+    let received = subscriber.drain_publishes(Duration::from_millis(500));
+    let topics: Vec<&str> = received
+        .iter()
+        .map(|message| message.topic.as_str())
+        .collect();
+    assert_eq!(
+        topics,
+        ["dropped/kept"],
+        "topics delivered after the restart"
+    );
 }
 
 #[test]

@@ -326,10 +326,17 @@ impl Shard {
             Packet::Subscribe(subscribe) => self.handle_subscribe(conn, client_id, subscribe).await,
             Packet::Unsubscribe(unsubscribe) => {
                 let mut outbox = Outbox::default();
-                self.state
-                    .borrow_mut()
-                    .unsubscribe(conn, client_id, unsubscribe, &mut outbox);
+                let unsuback =
+                    self.state
+                        .borrow_mut()
+                        .unsubscribe(conn, client_id, unsubscribe, &mut outbox);
                 self.flush(outbox).await;
+                if let Some(unsuback) = unsuback {
+                    // As with SUBACK: a crash right after the UNSUBACK must
+                    // not bring the subscription back.
+                    self.persist_session_now(client_id, "UNSUBACK").await?;
+                    conn.send(&unsuback);
+                }
                 Ok(())
             }
             other => {
@@ -347,10 +354,10 @@ impl Shard {
     }
 
     /// Writes the stored record of a persistent session now, for replies
-    /// that must not go out before it (SUBACK, PUBREC, PUBREL, PUBCOMP),
-    /// named by `reply` in the log. When the write fails, the reply is
-    /// withheld and the client is disconnected with 0x80, and it repeats
-    /// the exchange after reconnecting.
+    /// that must not go out before it (SUBACK, UNSUBACK, PUBREC, PUBREL,
+    /// PUBCOMP), named by `reply` in the log. When the write fails, the
+    /// reply is withheld and the client is disconnected with 0x80, and it
+    /// repeats the exchange after reconnecting.
     async fn persist_session_now(&self, client_id: &Arc<str>, reply: &str) -> HandleResult {
         let Some(persistence) = self.state.borrow().persistence.clone() else {
             return Ok(());

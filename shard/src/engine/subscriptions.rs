@@ -158,15 +158,18 @@ impl ShardState {
         Ok(Some((suback, retained)))
     }
 
+    /// Removes the filters of `unsubscribe` from the session and returns
+    /// the UNSUBACK, or `None` when the connection no longer owns the
+    /// session.
     pub(super) fn unsubscribe(
         &mut self,
         conn: &Rc<Conn>,
         client_id: &Arc<str>,
         unsubscribe: Unsubscribe,
         outbox: &mut Outbox,
-    ) {
+    ) -> Option<Packet> {
         if self.session_mut(client_id, conn).is_err() {
-            return;
+            return None;
         }
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
@@ -182,7 +185,7 @@ impl ShardState {
                 reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
             }
         }
-        conn.send(&Packet::UnsubAck(UnsubAck {
+        Some(Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             properties: Properties::default(),
             reasons: if conn.protocol == Protocol::V5 {
@@ -190,7 +193,7 @@ impl ShardState {
             } else {
                 Vec::new()
             },
-        }));
+        }))
     }
 
     /// Removes one subscription of `client_id` from the shard's tables
