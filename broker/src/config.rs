@@ -295,9 +295,9 @@ pub struct LimitsConfig {
     /// Bytes buffered per socket before QoS 0 messages to it are dropped;
     /// default 1 MiB.
     pub max_output_buffer: Option<u64>,
-    /// Bytes of output buffers over all sockets of one shard beyond which
-    /// QoS 0 messages to sockets with 4 KiB queued are dropped; default
-    /// 16 MiB.
+    /// Bytes of output buffers over all sockets of one shard, default
+    /// 16 MiB. Beyond it, QoS 0 messages to sockets with 4 KiB queued are
+    /// dropped.
     pub max_shard_output: Option<u64>,
     /// New connections per second accepted from one source IP address;
     /// default 0, which means no limit.

@@ -187,7 +187,7 @@ pub async fn serve(context: ConnectionContext, accepted: Box<Accepted>) {
 /// temporaries and values already moved away included, for its whole life.
 /// `Box::pin(step()).await` therefore still sizes the caller by `step`'s
 /// future. Built here, the future lives only in its box, and the caller
-/// holds a pointer.
+/// keeps a pointer.
 fn boxed<F: std::future::Future>(start: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
     Box::pin(start())
 }
@@ -659,7 +659,7 @@ async fn read_loop(
         future::yield_now().await;
 
         // An empty buffer gives its memory back: an idle connection then
-        // holds none, and a busy one pays one allocation per read. A buffer
+        // keeps none, and a busy one pays one allocation per read. A buffer
         // left with a small part of a packet moves it to a buffer of its
         // size, so that a publisher's buffer does not keep the capacity of
         // its largest read.

@@ -69,11 +69,6 @@ impl OutputBudget {
         })
     }
 
-    /// Bytes of output buffers, over the connections that count.
-    pub fn used(&self) -> usize {
-        self.used.get()
-    }
-
     /// Returns true when the shard's output buffers take at least the budget.
     pub fn is_over(&self) -> bool {
         self.used.get() >= self.limit
@@ -275,7 +270,7 @@ impl Conn {
 
     /// Stops counting this connection's output toward the shard's budget
     /// when its writer has made no progress for [`STALLED_AFTER`]. Called
-    /// when a message to it is dropped; progress counts it again.
+    /// when a message to it is dropped. Write progress counts it again.
     pub fn note_dropped_while_stalled(&self, now: Instant) {
         if self.counted.get() && self.write_stalled_for(now) >= STALLED_AFTER {
             self.counted.set(false);
@@ -374,10 +369,10 @@ impl Conn {
         self.urgent.set(false);
         self.writing.set(output.len());
         self.writing_capacity.set(output.capacity());
-        let taken = std::mem::replace(&mut *output, BytesMut::with_capacity(capacity));
+        let batch = std::mem::replace(&mut *output, BytesMut::with_capacity(capacity));
         drop(output);
         self.recharge();
-        taken
+        batch
     }
 
     /// Waits until there is output to write or a close was requested.

@@ -48,17 +48,22 @@ fn stalled_subscriber(broker: &Broker, client_id: &str, topic: &str) -> RawClien
     client
 }
 
-/// Floods a subscriber that does not read and returns how many of the
-/// messages it receives once it reads.
-fn delivered_to_stalled_subscriber(budget: &str) -> usize {
-    let broker = Broker::start(&[
+/// Starts a one-shard broker with a shard output budget of `budget` bytes.
+fn start_with_budget(budget: &str) -> Broker {
+    Broker::start(&[
         "--shards",
         "1",
         "--max-output-buffer",
         SOCKET_LIMIT,
         "--max-shard-output",
         budget,
-    ]);
+    ])
+}
+
+/// Floods a subscriber that does not read and returns how many of the
+/// messages it receives once it reads.
+fn delivered_to_stalled_subscriber(budget: &str) -> usize {
+    let broker = start_with_budget(budget);
     let mut stalled = stalled_subscriber(&broker, "budget-stalled", "budget/t");
     let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "budget-pub");
     flood(&mut publisher, "budget/t", FLOOD);
@@ -87,14 +92,7 @@ fn over_budget_drops_qos0_to_busy_socket() {
 
 #[test]
 fn stalled_socket_stops_counting() {
-    let broker = Broker::start(&[
-        "--shards",
-        "1",
-        "--max-output-buffer",
-        SOCKET_LIMIT,
-        "--max-shard-output",
-        "2097152",
-    ]);
+    let broker = start_with_budget("2097152");
     // The stalled subscriber takes the whole budget of 2 MiB, beyond what
     // the kernel's socket buffers take.
     let stalled = stalled_subscriber(&broker, "budget-stuck", "budget/shared");
