@@ -629,6 +629,8 @@ async fn read_loop(
         publishes: Vec::new(),
         last_read,
     };
+    // Whether the last read found its data ready, without waiting.
+    let mut read_at_once = false;
     loop {
         // Each step's future is built and boxed by the decoder, so that no
         // decoded packet is part of this long-lived future.
@@ -655,8 +657,12 @@ async fn read_loop(
         // yield a client that floods the broker keeps this task running.
         // Its subscribers' output is then never written, and QoS 0
         // messages to them are dropped as congested. After the yield, each
-        // writer sends what this read produced in one write.
-        future::yield_now().await;
+        // writer sends what this read produced in one write. A read that
+        // waited for data let the writers run already, and a yield would
+        // only cost one more poll of this task per message.
+        if read_at_once {
+            future::yield_now().await;
+        }
 
         // An empty buffer gives its memory back: an idle connection then
         // keeps none, and a busy one pays one allocation per read. A buffer
@@ -674,15 +680,16 @@ async fn read_loop(
                     reader: &mut reader,
                     chunk: &context.read_chunk,
                     buffer: &mut buffer,
+                    waited: false,
                 }
                 .await,
             )
         };
         let closed = async { ReadEvent::CloseRequested(conn.closed().await) };
         match future::or(read, closed).await {
-            ReadEvent::Data(Ok(0)) => return Ending::Eof,
-            ReadEvent::Data(Ok(_)) => {}
-            ReadEvent::Data(Err(error)) => {
+            ReadEvent::Data((Ok(0), _)) => return Ending::Eof,
+            ReadEvent::Data((Ok(_), waited)) => read_at_once = !waited,
+            ReadEvent::Data((Err(error), _)) => {
                 if error.kind() == std::io::ErrorKind::InvalidData {
                     info!(client_id = %client_id, peer = %conn.peer, %error, "invalid transport data; closing");
                 } else {
@@ -810,15 +817,17 @@ impl Decoder {
 
 /// Reads once from `reader` into the shard's shared `chunk` and appends
 /// what arrived to `buffer`. The chunk is borrowed only within a poll, so
-/// all the shard's readers can use it.
+/// all the shard's readers can use it. Also returns whether the read had
+/// to wait for data.
 struct ReadAppend<'a, R> {
     reader: &'a mut R,
     chunk: &'a RefCell<Vec<u8>>,
     buffer: &'a mut BytesMut,
+    waited: bool,
 }
 
 impl<R: futures_lite::AsyncRead + Unpin> std::future::Future for ReadAppend<'_, R> {
-    type Output = std::io::Result<usize>;
+    type Output = (std::io::Result<usize>, bool);
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
@@ -827,16 +836,25 @@ impl<R: futures_lite::AsyncRead + Unpin> std::future::Future for ReadAppend<'_, 
         let this = self.get_mut();
         let mut chunk = this.chunk.borrow_mut();
         let result = std::pin::Pin::new(&mut *this.reader).poll_read(cx, &mut chunk);
-        if let std::task::Poll::Ready(Ok(n)) = result {
-            this.buffer.extend_from_slice(&chunk[..n]);
+        match result {
+            std::task::Poll::Ready(result) => {
+                if let Ok(n) = result {
+                    this.buffer.extend_from_slice(&chunk[..n]);
+                }
+                std::task::Poll::Ready((result, this.waited))
+            }
+            std::task::Poll::Pending => {
+                this.waited = true;
+                std::task::Poll::Pending
+            }
         }
-        result
     }
 }
 
 /// What ended one wait of the reader.
 enum ReadEvent {
-    Data(std::io::Result<usize>),
+    /// A read's result, and whether it had to wait for data.
+    Data((std::io::Result<usize>, bool)),
     CloseRequested(CloseRequest),
 }
 

@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::config::{
     ListenerConfig, ListenerProtocol, DEFAULT_HANDSHAKE_TIMEOUT_SECS, DEFAULT_WS_PATH,
 };
-use crate::transport::tcp::SharedTcpStream;
+use crate::transport::tcp::{SharedTcpStream, TcpConn};
 use crate::transport::tls::{accept_tls, TlsConfig, TlsError, TlsHandoff, TlsStream};
 use crate::transport::ws::{accept_ws, WsConfig, WsError, WsHandoff, WsStream};
 
@@ -124,7 +124,7 @@ type TlsTcpStream = TlsStream<SharedTcpStream>;
 
 /// A connection's byte stream.
 pub enum Transport {
-    Tcp(TcpStream),
+    Tcp(TcpConn),
     Tls(Box<TlsTcpStream>),
     Ws(Box<WsStream<SharedTcpStream>>),
     Wss(Box<WsStream<TlsTcpStream>>),
@@ -148,13 +148,10 @@ impl Transport {
     ///
     /// Returns the failed step. The client has been sent a TLS alert or an
     /// HTTP error response where the protocol has one.
-    pub async fn accept(
-        stream: TcpStream,
-        endpoint: &Endpoint,
-    ) -> Result<Transport, HandshakeError> {
+    pub async fn accept(stream: TcpConn, endpoint: &Endpoint) -> Result<Transport, HandshakeError> {
         // Small MQTT packets go out at once: the writer already batches
         // its output per wake-up.
-        let _ = stream.set_nodelay(true);
+        let _ = stream.get_ref().set_nodelay(true);
         let transport = match &endpoint.handshake {
             Handshake::None => Transport::Tcp(stream),
             Handshake::Tls { config, timeout } => {
@@ -224,7 +221,7 @@ impl Transport {
     /// `fd` must be an open socket descriptor that nothing else owns.
     pub unsafe fn from_handoff(fd: RawFd, state: Option<Box<dyn Any + Send>>) -> Transport {
         // SAFETY: the caller guarantees `fd` is an open socket we own.
-        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        let stream = TcpConn::new(unsafe { TcpStream::from_raw_fd(fd) });
         let state = state
             .and_then(|state| state.downcast::<TransportState>().ok())
             .map(|state| *state);

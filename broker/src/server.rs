@@ -27,6 +27,7 @@ use futures_lite::future;
 use crate::config::{allowed_cpus, Config, ListenerProtocol, Storage};
 use crate::connection::{self, Accepted, ConnectionContext};
 use crate::listener::{Endpoint, Transport};
+use crate::transport::tcp::TcpConn;
 use crate::transport::tls::TlsError;
 
 /// Capacity of each shard-to-shard channel, in messages. Large enough that
@@ -411,7 +412,7 @@ async fn shard_main(
                                 Err(_) => continue,
                             };
                             let accepted = Accepted {
-                                stream: Transport::Tcp(stream),
+                                stream: Transport::Tcp(TcpConn::new(stream)),
                                 peer,
                                 listener: index,
                                 buffered: Vec::new(),

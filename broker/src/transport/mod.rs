@@ -9,6 +9,7 @@
 //! stream's poll functions and keep their state in plain buffers, which also
 //! lets a connection be taken apart and handed to another shard.
 
+pub mod readiness;
 pub mod tcp;
 pub mod tls;
 pub mod ws;

@@ -1,4 +1,6 @@
-//! A TCP stream that two tasks may write to.
+//! TCP streams of accepted connections: [`TcpConn`], which reads through
+//! the shard's readiness set, and [`SharedTcpStream`], which two tasks may
+//! write to.
 //!
 //! A glommio `TcpStream` keeps one waker per direction, and the last task
 //! that polled it replaces the waker of the one before. The connection
@@ -17,10 +19,73 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-/// A glommio `TcpStream` whose write readiness wakes every task that waits
-/// for it.
-pub struct SharedTcpStream {
+use super::readiness::Registration;
+
+/// An accepted TCP connection. Reads wait for the shard's readiness set
+/// (see [`super::readiness`]); writes go through glommio.
+pub struct TcpConn {
+    // Declared first so that it drops first: the socket must leave the
+    // readiness set while its descriptor is still open.
+    registration: Option<Registration>,
     stream: TcpStream,
+}
+
+impl TcpConn {
+    pub fn new(stream: TcpStream) -> Self {
+        TcpConn {
+            registration: Registration::new(stream.as_raw_fd()),
+            stream,
+        }
+    }
+
+    /// Returns the glommio stream, for socket options.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl AsRawFd for TcpConn {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+impl AsyncRead for TcpConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match &this.registration {
+            Some(registration) => registration.poll_recv(cx, buf),
+            None => Pin::new(&mut this.stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TcpConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_close(cx)
+    }
+}
+
+/// A TCP connection whose write readiness wakes every task that waits for
+/// it.
+pub struct SharedTcpStream {
+    stream: TcpConn,
     write_waiters: Arc<WriteWaiters>,
 }
 
@@ -67,7 +132,7 @@ impl Wake for WriteWaiters {
 }
 
 impl SharedTcpStream {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: TcpConn) -> Self {
         SharedTcpStream {
             stream,
             write_waiters: Arc::default(),
@@ -76,7 +141,7 @@ impl SharedTcpStream {
 
     /// Returns the glommio stream, for socket options.
     pub fn get_ref(&self) -> &TcpStream {
-        &self.stream
+        self.stream.get_ref()
     }
 }
 
