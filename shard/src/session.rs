@@ -17,7 +17,7 @@ use coremq_codec::{
 use tracing::warn;
 
 use crate::conn::{CloseRequest, Conn};
-use crate::message::Delivery;
+use crate::message::{Delivery, Publication};
 use crate::{DropPolicy, Limits};
 
 /// One subscription of a session.
@@ -187,6 +187,46 @@ impl Session {
             });
         }
         outcome
+    }
+
+    /// Sends a QoS 0 copy of `publication` with no subscription identifier
+    /// from the shard's frame cache, without taking a reference to the
+    /// publication. In a large fan-out, the atomic reference count of each
+    /// copy's `Delivery` cost more than the rest of its routing.
+    ///
+    /// Returns `None` when the copy needs [`Session::offer`]: the session
+    /// is disconnected or uses topic aliases, or the publication is in the
+    /// log.
+    pub fn offer_cached_qos0(
+        &mut self,
+        publication: &Publication,
+        retain: bool,
+        limits: &Limits,
+        now: Instant,
+        frames: &mut FrameCache,
+    ) -> Option<Offer> {
+        let conn = self.conn.as_ref()?;
+        if conn.topic_alias_max != 0 || publication.log_offset.is_some() {
+            return None;
+        }
+        if publication.is_expired(now) {
+            return Some(Offer::Dropped);
+        }
+        if conn.is_congested() {
+            conn.count_dropped();
+            self.disconnect_if_slow(conn, limits, now);
+            return Some(Offer::Dropped);
+        }
+        let remaining = publication.remaining_expiry(now);
+        let cached = frames.get_or_encode(
+            publication,
+            QoS::AtMostOnce,
+            retain,
+            conn.protocol,
+            remaining,
+        );
+        conn.send_frame(&cached.frame, None, cached.packet_id_offset);
+        Some(Offer::Sent)
     }
 
     fn offer_unlogged(
@@ -446,24 +486,26 @@ struct CachedFrame {
 impl FrameCache {
     fn get_or_encode(
         &mut self,
-        delivery: &Delivery,
+        publication: &Publication,
+        qos: QoS,
+        retain: bool,
         protocol: Protocol,
         remaining: Option<u32>,
     ) -> &CachedFrame {
-        let position = self.frames.iter().position(|f| {
-            f.protocol == protocol && f.qos == delivery.qos && f.retain == delivery.retain
-        });
+        let position = self
+            .frames
+            .iter()
+            .position(|f| f.protocol == protocol && f.qos == qos && f.retain == retain);
         let index = match position {
             Some(index) => index,
             None => {
-                let publication = &delivery.publication;
                 let mut publish = Publish {
                     dup: false,
-                    qos: delivery.qos,
-                    retain: delivery.retain,
+                    qos,
+                    retain,
                     topic: publication.topic.clone(),
                     // A placeholder that every copy overwrites.
-                    packet_id: (delivery.qos != QoS::AtMostOnce).then_some(1),
+                    packet_id: (qos != QoS::AtMostOnce).then_some(1),
                     properties: Properties::default(),
                     payload: publication.payload.clone(),
                 };
@@ -476,8 +518,8 @@ impl FrameCache {
                 let packet_id_offset = coremq_codec::publish_packet_id_offset(&frame);
                 self.frames.push(CachedFrame {
                     protocol,
-                    qos: delivery.qos,
-                    retain: delivery.retain,
+                    qos,
+                    retain,
                     frame,
                     packet_id_offset,
                 });
@@ -506,7 +548,13 @@ pub fn write_publish(
     }
     if let Some(frames) = frames {
         if !dup && delivery.subscription_ids.is_empty() && conn.topic_alias_max == 0 {
-            let cached = frames.get_or_encode(delivery, conn.protocol, remaining);
+            let cached = frames.get_or_encode(
+                publication,
+                delivery.qos,
+                delivery.retain,
+                conn.protocol,
+                remaining,
+            );
             return conn.send_frame(&cached.frame, packet_id, cached.packet_id_offset);
         }
     }

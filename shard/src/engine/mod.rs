@@ -1,7 +1,7 @@
 //! The shard engine: connects sessions, handles each packet a client sends,
 //! and routes publications to local sessions and to other shards.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -26,11 +26,13 @@ use crate::session::{pubresp, FrameCache, Session, Subscription};
 use crate::trie::FilterTrie;
 use crate::Limits;
 use packets::PublishStep;
+use sessions::{SessionHint, SessionTable};
 
 mod durability;
 mod lifecycle;
 mod packets;
 mod routing;
+mod sessions;
 mod subscriptions;
 
 /// Hops a shared-subscription message may take between shards looking for
@@ -59,18 +61,30 @@ pub struct Shard {
     session_writes: Rc<glommio::sync::Semaphore>,
 }
 
+/// A subscription in the shard's filter trie, with where routing last
+/// found its session.
+struct Route {
+    subscription: Subscription,
+    session: Cell<SessionHint>,
+}
+
+impl Route {
+    fn new(subscription: Subscription) -> Route {
+        Route {
+            subscription,
+            session: Cell::default(),
+        }
+    }
+}
+
 struct ShardState {
     id: ShardId,
     shards: usize,
     limits: Limits,
-    /// Sessions by client identifier. Routing looks a session up per
-    /// delivery, and SipHash, the standard map's hasher, took a quarter of
-    /// the CPU of a 1 -> 1,000 fan-out. aHash's `RandomState` is randomly
-    /// keyed, as the standard one is, to resist client identifiers crafted
-    /// to collide.
-    sessions: HashMap<Arc<str>, Box<Session>, ahash::RandomState>,
+    /// Sessions by client identifier.
+    sessions: SessionTable,
     /// Subscriptions of local sessions: filter -> client id -> options.
-    subscriptions: FilterTrie<Arc<str>, Subscription>,
+    subscriptions: FilterTrie<Arc<str>, Route>,
     /// Local members of each shared subscription, by `$share/group/filter`.
     shared_groups: HashMap<Arc<str>, SharedGroup>,
     /// Local subscriber count per filter, to announce the first and last.
@@ -150,7 +164,7 @@ impl Shard {
                 id,
                 shards,
                 limits,
-                sessions: HashMap::default(),
+                sessions: SessionTable::default(),
                 subscriptions: FilterTrie::new(),
                 shared_groups: HashMap::new(),
                 local_filters: HashMap::new(),

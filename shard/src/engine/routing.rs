@@ -110,21 +110,32 @@ impl ShardState {
         // Sessions with several subscriptions may match more than once;
         // their copies are merged here and sent after the others.
         let mut merged: HashMap<&Arc<str>, Delivery> = HashMap::new();
-        subscriptions.for_each_match(&publication.topic, |client_id, subscription| {
+        subscriptions.for_each_match(&publication.topic, |client_id, route| {
+            let subscription = &route.subscription;
             let options = subscription.options;
             if options.no_local && publication.publisher.as_deref() == Some(&**client_id) {
                 return;
             }
-            let Some(session) = sessions.get_mut(client_id) else {
+            let Some(session) = sessions.get_mut_hinted(client_id, &route.session) else {
                 return;
             };
+            let qos = options.qos.min(publication.qos);
+            let retain = options.retain_as_published && publication.retain;
+            let single = session.subscriptions.len() == 1;
+            if single && qos == QoS::AtMostOnce && subscription.identifier.is_none() {
+                let offered =
+                    session.offer_cached_qos0(publication, retain, limits, now, &mut frames);
+                if offered.is_some() {
+                    return;
+                }
+            }
             let delivery = Delivery {
                 publication: publication.clone(),
-                qos: options.qos.min(publication.qos),
-                retain: options.retain_as_published && publication.retain,
+                qos,
+                retain,
                 subscription_ids: subscription.identifier.into_iter().collect(),
             };
-            if session.subscriptions.len() == 1 {
+            if single {
                 session.offer(delivery, limits, now, &mut frames);
                 return;
             }

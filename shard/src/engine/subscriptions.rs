@@ -124,7 +124,7 @@ impl ShardState {
                 if shared.is_none() {
                     // Replace the options of the existing subscription.
                     self.subscriptions
-                        .insert(&filter, client_id.clone(), subscription);
+                        .insert(&filter, client_id.clone(), Route::new(subscription));
                 }
             } else {
                 self.attach_subscription(client_id, filter.clone(), subscription, outbox);
@@ -213,7 +213,7 @@ impl ShardState {
             group.members.push(client_id.clone());
         } else {
             self.subscriptions
-                .insert(&filter, client_id.clone(), subscription);
+                .insert(&filter, client_id.clone(), Route::new(subscription));
         }
         self.add_local_filter(&filter, outbox);
     }
