@@ -12,6 +12,38 @@ use tracing::error;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    /// mimalloc's setter of its options (mimalloc.h).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_arena_eager_commit` in mimalloc 3's `mi_option_t`.
+const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+
+/// Makes mimalloc commit arena memory as it is used rather than up front.
+/// On Linux it commits whole arenas eagerly and asks for transparent huge
+/// pages, so each first touch of a 2 MiB range made it resident: 10 MiB of
+/// a broker at rest, and 11-18 MiB of the peak in fan-out runs.
+///
+/// The option applies to arenas made after it is set, and Rust allocates
+/// before `main`, so this runs as an ELF constructor, before any Rust
+/// allocation. The variable `MIMALLOC_ARENA_EAGER_COMMIT` still overrides
+/// it.
+extern "C" fn tune_allocator() {
+    // SAFETY: getenv reads the environment without allocating, and
+    // mi_option_set only stores the value; option 4 exists in the mimalloc
+    // that libmimalloc-sys builds by default (v3).
+    unsafe {
+        if libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+            mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        }
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
 /// CoreMQ, a thread-per-core MQTT 5.0 and 3.1.1 broker.
 ///
 /// With no options it listens for MQTT over TCP on 0.0.0.0:1883 and over

@@ -444,6 +444,21 @@ impl RawClient {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
+    /// Sends DISCONNECT with `reason` and waits until the broker closes
+    /// the connection, so that the broker has ended the connection before
+    /// the test goes on. Packets on two connections can be handled in
+    /// either order: a CONNECT sent right after [`RawClient::disconnect`]
+    /// may take the session over before the DISCONNECT is read.
+    #[track_caller]
+    pub fn disconnect_and_wait(mut self, reason: ReasonCode) {
+        let packet = Packet::Disconnect(Disconnect {
+            reason,
+            properties: Default::default(),
+        });
+        self.send(&packet);
+        self.expect_closed_within(Duration::from_secs(5));
+    }
+
     /// Closes the socket with an RST and no DISCONNECT, as a crashed
     /// client would.
     pub fn abort(self) {

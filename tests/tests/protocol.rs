@@ -717,7 +717,7 @@ fn session_ends_at_zero_expiry() {
     let mut client = RawClient::connect(broker.addr());
     client.connect_with(connect_v5("s"));
     client.subscribe("se/t", QoS::AtLeastOnce);
-    client.disconnect(ReasonCode::NORMAL_DISCONNECTION);
+    client.disconnect_and_wait(ReasonCode::NORMAL_DISCONNECTION);
 
     let mut again = RawClient::connect(broker.addr());
     let mut connect = connect_v5("s");

@@ -48,13 +48,13 @@ impl SessionTable {
         self.index.len()
     }
 
-    pub(super) fn get<Q>(&self, client_id: &Q) -> Option<&Box<Session>>
+    pub(super) fn get<Q>(&self, client_id: &Q) -> Option<&Session>
     where
         Arc<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let slot = *self.index.get(client_id)?;
-        self.slots[slot as usize].session.as_ref()
+        self.slots[slot as usize].session.as_deref()
     }
 
     pub(super) fn get_mut<Q>(&mut self, client_id: &Q) -> Option<&mut Box<Session>>
