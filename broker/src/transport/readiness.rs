@@ -32,11 +32,13 @@ const EVENTS_PER_CALL: usize = 256;
 const RETRY_AFTER_ERROR: Duration = Duration::from_millis(1);
 
 thread_local! {
-    /// The set of the shard that runs on this thread, made on first use.
-    /// `None` when the kernel refused to make one: sockets are then polled
-    /// by glommio alone.
+    /// The set of the shard that runs on this thread, created on first
+    /// use. `None` when the kernel could not create one, and glommio then
+    /// polls each socket on its own.
     static SHARD_SET: Option<Rc<ReadinessSet>> = ReadinessSet::new()
-        .inspect_err(|error| warn!(%error, "no epoll set for socket readiness; polling each socket"))
+        .inspect_err(|error| {
+            warn!(%error, "failed to create the epoll set for socket readiness; polling each socket through io_uring");
+        })
         .ok();
 }
 
@@ -44,8 +46,9 @@ thread_local! {
 struct ReadinessSet {
     epoll: OwnedFd,
     slots: RefCell<Slots>,
-    /// Whether the task that waits for the set runs.
-    waiting: Cell<bool>,
+    /// The executor whose task waits for the set. Another executor that
+    /// runs on this thread later starts its own.
+    waiting: Cell<Option<usize>>,
 }
 
 /// Sockets of the set, by index. The epoll event of a socket carries its
@@ -79,7 +82,7 @@ impl ReadinessSet {
             // SAFETY: `fd` was just created and nothing else owns it.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             slots: RefCell::default(),
-            waiting: Cell::new(false),
+            waiting: Cell::new(None),
         }))
     }
 
@@ -141,7 +144,8 @@ impl ReadinessSet {
     }
 
     fn start_waiting(self: &Rc<Self>) {
-        if self.waiting.replace(true) {
+        let executor = glommio::executor().id();
+        if self.waiting.replace(Some(executor)) == Some(executor) {
             return;
         }
         let set = self.clone();
@@ -244,8 +248,8 @@ pub struct Registration {
 
 impl Registration {
     /// Adds the socket `fd` to the readiness set of the shard on this
-    /// thread. Returns `None` when there is no set or the kernel refused
-    /// the socket; the caller then reads through glommio.
+    /// thread. Returns `None` when there is no set or the kernel rejected
+    /// the socket, and the caller then reads through glommio.
     pub fn new(fd: RawFd) -> Option<Registration> {
         let set = SHARD_SET.with(Clone::clone)?;
         match set.add(fd) {
@@ -256,7 +260,7 @@ impl Registration {
                 generation,
             }),
             Err(error) => {
-                warn!(%error, fd, "socket not added to the readiness set; polling it alone");
+                warn!(%error, fd, "failed to add the socket to the readiness set; polling it through io_uring");
                 None
             }
         }
@@ -412,6 +416,49 @@ mod tests {
                 Poll::Ready(Ok(0))
             ));
         });
+    }
+
+    /// Waits up to a second for `counter` to pass `seen`.
+    async fn wait_for_wake(counter: &CountingWaker, seen: usize) -> usize {
+        for _ in 0..200 {
+            let now = counter.0.load(Ordering::SeqCst);
+            if now > seen {
+                return now;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        counter.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn second_executor_on_thread_wakes_readers() {
+        // The set outlives an executor on its thread, and its waiting task
+        // does not: the next executor must start the task again.
+        std::thread::spawn(|| {
+            for round in 0..2 {
+                let executor = glommio::LocalExecutorBuilder::default()
+                    .make()
+                    .expect("glommio executor starts");
+                executor.run(async move {
+                    let (ours, mut peer) = UnixStream::pair().expect("socket pair");
+                    ours.set_nonblocking(true).expect("non-blocking");
+                    let registration = Registration::new(ours.as_raw_fd()).expect("registered");
+                    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+                    let waker = Waker::from(counter.clone());
+                    let cx = Context::from_waker(&waker);
+                    let mut buf = [0u8; 4];
+                    assert!(registration.poll_recv(&cx, &mut buf).is_pending());
+                    peer.write_all(b"x").expect("write");
+                    assert_eq!(
+                        wait_for_wake(&counter, 0).await,
+                        1,
+                        "reader not woken on executor {round}"
+                    );
+                });
+            }
+        })
+        .join()
+        .expect("test thread");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use glommio::net::TcpStream;
 use super::readiness::Registration;
 
 /// An accepted TCP connection. Reads wait for the shard's readiness set
-/// (see [`super::readiness`]); writes go through glommio.
+/// (see [`super::readiness`]), and writes go through glommio.
 pub struct TcpConn {
     // Declared first so that it drops first: the socket must leave the
     // readiness set while its descriptor is still open.
