@@ -197,8 +197,27 @@ fn bind_reuseport(address: SocketAddr) -> std::io::Result<Socket> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&address.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
     Ok(socket)
+}
+
+/// Starts accepting connections on the bound listeners. It runs once the
+/// store is open, so a client that can connect finds the broker ready.
+/// Otherwise the kernel would queue connections while a slow store opens,
+/// and drop them all if the store then fails to open.
+fn start_listening(listeners: &[BoundListener]) -> Result<(), ServerError> {
+    for listener in listeners {
+        for &fd in &listener.fds {
+            // SAFETY: `fd` is a bound socket that `bind_listeners` created
+            // and that stays open until its shard takes it over.
+            if unsafe { libc::listen(fd, LISTEN_BACKLOG) } < 0 {
+                return Err(ServerError::Bind {
+                    address: listener.address,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the broker until every shard stops.
@@ -210,6 +229,9 @@ fn bind_reuseport(address: SocketAddr) -> std::io::Result<Socket> {
 pub fn run(config: Config) -> Result<(), ServerError> {
     let endpoints = load_endpoints(&config)?;
     let listeners = bind_listeners(&config)?;
+    spawn_signal_thread()?;
+    let recovered = open_store(&config)?.map(Arc::new);
+    start_listening(&listeners)?;
     for (listener, settings) in listeners.iter().zip(&config.listeners) {
         match &settings.path {
             Some(path) => {
@@ -219,8 +241,6 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         }
     }
 
-    spawn_signal_thread()?;
-    let recovered = open_store(&config)?.map(Arc::new);
     let restored = Arc::new(AtomicUsize::new(0));
     let cpus = allowed_cpus();
     let mesh = MeshBuilder::<ShardMsg, _>::full(config.shards, MESH_CHANNEL_CAPACITY);

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -407,3 +409,46 @@ def test_hung_server_bounded_by_retry_timeout(broker_factory, mqtt, store_server
         f"the publisher waited {waited:.1f} s with a {SHORT_RETRY_TIMEOUT_SECONDS} s retry timeout"
     )
     publisher.close()
+
+
+@pytest.mark.parametrize("store_server", ["redis"], indirect=True)
+def test_port_refuses_clients_until_store_opens(coremq_binary, tmp_path, store_server):
+    """While the broker cannot open its store, its port must refuse connections, so that a
+    client that gets in finds a broker that can store its messages."""
+    backend, server = store_server
+    server.signal_and_wait(signal.SIGKILL)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log_path = tmp_path / "coremq.log"
+    args = [
+        str(coremq_binary),
+        "--listen", f"127.0.0.1:{port}",
+        "--shards", "1",
+        "--storage", backend,
+        "--storage-url", server.url,
+        "--storage-retry-timeout", "20",
+    ]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_until(
+            lambda: RETRY_LINE.search(log_path.read_text()) is not None,
+            10,
+            "the broker to retry opening its store",
+        )
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+        server.start()
+        wait_until(
+            lambda: "listening" in log_path.read_text(), 20, "the broker to open its store"
+        )
+        client = RawClient("127.0.0.1", port, timeout=5)
+        client.send(encode_connect(f"after-open-{uuid.uuid4().hex[:8]}"))
+        assert parse_connack(client.expect(CONNACK))[1] == 0
+    finally:
+        process.terminate()
+        process.wait(10)
