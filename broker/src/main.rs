@@ -17,7 +17,8 @@ extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
 
-/// `mi_option_arena_eager_commit` in mimalloc 3's `mi_option_t`.
+/// `mi_option_arena_eager_commit` in `mi_option_t`, the same in mimalloc 2
+/// and 3.
 const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 
 /// Makes mimalloc commit arena memory as it is used rather than up front.
@@ -31,8 +32,8 @@ const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 /// it.
 extern "C" fn tune_allocator() {
     // SAFETY: getenv reads the environment without allocating, and
-    // mi_option_set only stores the value; option 4 exists in the mimalloc
-    // that libmimalloc-sys builds by default (v3).
+    // mi_option_set only stores the value. Option 4 exists in both
+    // mimalloc versions that libmimalloc-sys builds.
     unsafe {
         if libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
             mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);

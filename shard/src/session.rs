@@ -212,9 +212,7 @@ impl Session {
         if publication.is_expired(now) {
             return Some(Offer::Dropped);
         }
-        if conn.is_congested() {
-            conn.count_dropped();
-            self.disconnect_if_slow(conn, limits, now);
+        if self.drop_if_congested(conn, limits, now) {
             return Some(Offer::Dropped);
         }
         let remaining = publication.remaining_expiry(now);
@@ -246,9 +244,7 @@ impl Session {
             return self.enqueue(delivery, limits, now);
         };
         if delivery.qos == QoS::AtMostOnce {
-            if conn.is_congested() {
-                conn.count_dropped();
-                self.disconnect_if_slow(&conn, limits, now);
+            if self.drop_if_congested(&conn, limits, now) {
                 return Offer::Dropped;
             }
             write_publish(&conn, &delivery, None, false, now, Some(frames));
@@ -259,6 +255,17 @@ impl Session {
             return Offer::Sent;
         }
         self.enqueue(delivery, limits, now)
+    }
+
+    /// Returns whether a QoS 0 copy for `conn` must be dropped because its
+    /// socket is congested, and counts the drop.
+    fn drop_if_congested(&self, conn: &Conn, limits: &Limits, now: Instant) -> bool {
+        if !conn.is_congested() {
+            return false;
+        }
+        conn.count_dropped();
+        self.disconnect_if_slow(conn, limits, now);
+        true
     }
 
     fn enqueue(&mut self, delivery: Delivery, limits: &Limits, now: Instant) -> Offer {

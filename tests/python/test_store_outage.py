@@ -412,9 +412,9 @@ def test_hung_server_bounded_by_retry_timeout(broker_factory, mqtt, store_server
 
 
 @pytest.mark.parametrize("store_server", ["redis"], indirect=True)
-def test_port_refuses_clients_until_store_opens(coremq_binary, tmp_path, store_server):
-    """While the broker cannot open its store, its port must refuse connections, so that a
-    client that gets in finds a broker that can store its messages."""
+def test_port_closed_until_store_opens(coremq_binary, tmp_path, store_server):
+    """While the broker cannot open its store, its port must reject connections. A client
+    that connects then finds a broker that can store its messages."""
     backend, server = store_server
     server.signal_and_wait(signal.SIGKILL)
     with socket.socket() as probe:

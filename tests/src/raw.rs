@@ -445,10 +445,9 @@ impl RawClient {
     }
 
     /// Sends DISCONNECT with `reason` and waits until the broker closes
-    /// the connection, so that the broker has ended the connection before
-    /// the test goes on. Packets on two connections can be handled in
-    /// either order: a CONNECT sent right after [`RawClient::disconnect`]
-    /// may take the session over before the DISCONNECT is read.
+    /// the connection. Packets on two connections can be handled in either
+    /// order, so a CONNECT sent right after [`RawClient::disconnect`] may
+    /// take the session over before the DISCONNECT is read.
     #[track_caller]
     pub fn disconnect_and_wait(mut self, reason: ReasonCode) {
         let packet = Packet::Disconnect(Disconnect {

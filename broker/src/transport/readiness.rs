@@ -162,8 +162,8 @@ impl ReadinessSet {
                 glommio::timer::sleep(RETRY_AFTER_ERROR).await;
             }
             loop {
-                // SAFETY: `events` holds `EVENTS_PER_CALL` entries, and a
-                // zero timeout makes the call return at once.
+                // SAFETY: `events` has room for `EVENTS_PER_CALL` entries,
+                // and a zero timeout makes the call return at once.
                 let count = unsafe {
                     libc::epoll_wait(
                         self.epoll.as_raw_fd(),
@@ -289,7 +289,7 @@ impl Registration {
                 // an edge-triggered set, data that arrives after it is
                 // reported again, so the next read can wait for that.
                 if read < buf.len() && read > 0 {
-                    self.wait_next(cx);
+                    self.set_ready(false);
                 }
                 return Poll::Ready(Ok(read));
             }
@@ -297,7 +297,9 @@ impl Registration {
             match error.kind() {
                 io::ErrorKind::Interrupted => continue,
                 io::ErrorKind::WouldBlock => {
-                    self.wait_next(cx);
+                    self.set_ready(false);
+                    // Not ready now, so this stores the task's waker.
+                    self.take_ready(cx);
                     return Poll::Pending;
                 }
                 _ => return Poll::Ready(Err(error)),
@@ -318,12 +320,10 @@ impl Registration {
         false
     }
 
-    /// Marks the socket read empty: the next read waits for the set.
-    fn wait_next(&self, cx: &Context<'_>) {
-        let mut slots = self.set.slots.borrow_mut();
-        let slot = &mut slots.entries[self.index as usize];
-        slot.ready = false;
-        store_waker(&mut slot.waker, cx.waker());
+    /// Sets whether the socket may hold data. After `false`, the next
+    /// read waits for the set to report the socket.
+    fn set_ready(&self, ready: bool) {
+        self.set.slots.borrow_mut().entries[self.index as usize].ready = ready;
     }
 }
 
@@ -364,60 +364,6 @@ mod tests {
             .run(async move { test().await });
     }
 
-    #[test]
-    fn reader_wakes_when_data_arrives_and_reads_it() {
-        run(|| async {
-            let (ours, mut peer) = UnixStream::pair().expect("socket pair");
-            ours.set_nonblocking(true).expect("non-blocking");
-            let registration = Registration::new(ours.as_raw_fd()).expect("registered");
-            let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-            let waker = Waker::from(counter.clone());
-            let cx = Context::from_waker(&waker);
-            let mut buf = [0u8; 16];
-
-            // Empty socket: the read waits.
-            assert!(registration.poll_recv(&cx, &mut buf).is_pending());
-            peer.write_all(b"abc").expect("write");
-            let mut waited = 0;
-            while counter.0.load(Ordering::SeqCst) == 0 && waited < 200 {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-                waited += 1;
-            }
-            assert_eq!(counter.0.load(Ordering::SeqCst), 1, "set woke the reader");
-            match registration.poll_recv(&cx, &mut buf) {
-                Poll::Ready(Ok(3)) => assert_eq!(&buf[..3], b"abc"),
-                other => panic!("expected 3 bytes, got {other:?}"),
-            }
-            // Read empty: the next read waits without a system call.
-            assert!(registration.poll_recv(&cx, &mut buf).is_pending());
-
-            // Data that arrives after that is reported again.
-            peer.write_all(b"de").expect("write");
-            let mut waited = 0;
-            while counter.0.load(Ordering::SeqCst) == 1 && waited < 200 {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-                waited += 1;
-            }
-            assert_eq!(counter.0.load(Ordering::SeqCst), 2);
-            assert!(matches!(
-                registration.poll_recv(&cx, &mut buf),
-                Poll::Ready(Ok(2))
-            ));
-
-            // End of stream reads as zero bytes.
-            drop(peer);
-            let mut waited = 0;
-            while counter.0.load(Ordering::SeqCst) == 2 && waited < 200 {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-                waited += 1;
-            }
-            assert!(matches!(
-                registration.poll_recv(&cx, &mut buf),
-                Poll::Ready(Ok(0))
-            ));
-        });
-    }
-
     /// Waits up to a second for `counter` to pass `seen`.
     async fn wait_for_wake(counter: &CountingWaker, seen: usize) -> usize {
         for _ in 0..200 {
@@ -431,7 +377,48 @@ mod tests {
     }
 
     #[test]
-    fn second_executor_on_thread_wakes_readers() {
+    fn reader_wakes_and_reads_data() {
+        run(|| async {
+            let (ours, mut peer) = UnixStream::pair().expect("socket pair");
+            ours.set_nonblocking(true).expect("non-blocking");
+            let registration = Registration::new(ours.as_raw_fd()).expect("registered");
+            let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+            let waker = Waker::from(counter.clone());
+            let cx = Context::from_waker(&waker);
+            let mut buf = [0u8; 16];
+
+            // Empty socket: the read waits.
+            assert!(registration.poll_recv(&cx, &mut buf).is_pending());
+            peer.write_all(b"abc").expect("write");
+            assert_eq!(wait_for_wake(&counter, 0).await, 1, "set woke the reader");
+            match registration.poll_recv(&cx, &mut buf) {
+                Poll::Ready(Ok(3)) => assert_eq!(&buf[..3], b"abc"),
+                other => panic!("expected 3 bytes, got {other:?}"),
+            }
+            // Read empty: the next read waits without a system call.
+            assert!(registration.poll_recv(&cx, &mut buf).is_pending());
+
+            // Data that arrives after that is reported again.
+            peer.write_all(b"de").expect("write");
+            assert_eq!(wait_for_wake(&counter, 1).await, 2);
+            assert!(matches!(
+                registration.poll_recv(&cx, &mut buf),
+                Poll::Ready(Ok(2))
+            ));
+
+            // End of stream wakes the reader and reads as zero bytes.
+            assert!(registration.poll_recv(&cx, &mut buf).is_pending());
+            drop(peer);
+            assert_eq!(wait_for_wake(&counter, 2).await, 3);
+            assert!(matches!(
+                registration.poll_recv(&cx, &mut buf),
+                Poll::Ready(Ok(0))
+            ));
+        });
+    }
+
+    #[test]
+    fn second_executor_wakes_readers() {
         // The set outlives an executor on its thread, and its waiting task
         // does not: the next executor must start the task again.
         std::thread::spawn(|| {
@@ -462,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn slot_of_a_dropped_socket_ignores_its_old_events() {
+    fn reused_slot_ignores_old_events() {
         run(|| async {
             let (first, mut first_peer) = UnixStream::pair().expect("socket pair");
             let first_registration = Registration::new(first.as_raw_fd()).expect("registered");

@@ -24,8 +24,8 @@ use super::readiness::Registration;
 /// An accepted TCP connection. Reads wait for the shard's readiness set
 /// (see [`super::readiness`]), and writes go through glommio.
 pub struct TcpConn {
-    // Declared first so that it drops first: the socket must leave the
-    // readiness set while its descriptor is still open.
+    // Declared first so that it drops first, because the socket must
+    // leave the readiness set while its descriptor is still open.
     registration: Option<Registration>,
     stream: TcpStream,
 }

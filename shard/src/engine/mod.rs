@@ -61,8 +61,8 @@ pub struct Shard {
     session_writes: Rc<glommio::sync::Semaphore>,
 }
 
-/// A subscription in the shard's filter trie, with where routing last
-/// found its session.
+/// A subscription in the shard's filter trie, with the slot where
+/// routing last found its session.
 struct Route {
     subscription: Subscription,
     session: Cell<SessionHint>,

@@ -36,7 +36,8 @@ struct Slot {
     session: Option<Box<Session>>,
 }
 
-/// Where a route last found its session.
+/// The slot a route last found its session in, with the slot's generation
+/// at that time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct SessionHint {
     slot: u32,
@@ -153,7 +154,7 @@ mod tests {
     }
 
     #[test]
-    fn hint_finds_the_session_and_goes_stale_when_it_leaves() {
+    fn hint_goes_stale_on_removal() {
         let mut table = SessionTable::default();
         let alice: Arc<str> = "alice".into();
         table.insert(alice.clone(), session("alice"));
@@ -179,7 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn replacing_a_session_keeps_its_slot() {
+    fn replaced_session_keeps_slot() {
         let mut table = SessionTable::default();
         let alice: Arc<str> = "alice".into();
         table.insert(alice.clone(), session("alice"));
