@@ -22,13 +22,14 @@ use coremq_shard::{
     owner_shard, CloseRequest, Conn, ConnectOutcome, Handoff, OutputBudget, Shard, ShardMsg,
 };
 use futures_lite::future;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::linger::FlushClock;
 use crate::listener::{Endpoint, Transport};
 use crate::login::{self, Reauthentication};
+use crate::transport::split::{split, ReadHalf, WriteHalf};
 
 /// Time a new connection has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -539,7 +540,7 @@ fn start_session<'a>(
         context.output_budget.clone(),
     ));
 
-    let (reader, writer) = futures_lite::io::split(stream);
+    let (reader, writer) = split(stream);
     let writer_task = glommio::spawn_local(write_loop(
         conn.clone(),
         writer,

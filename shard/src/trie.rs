@@ -12,6 +12,11 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+/// The tries' maps. Topic levels come from clients, so the hasher keeps a
+/// random key, and it is faster than the standard library's on short
+/// strings, which matters because a publish hashes each level of its topic.
+type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// Topic filters mapped to `(key, value)` entries.
 #[derive(Debug)]
 pub struct FilterTrie<K, V> {
@@ -22,19 +27,19 @@ pub struct FilterTrie<K, V> {
 #[derive(Debug)]
 struct FilterNode<K, V> {
     /// Entries whose filter ends at this node.
-    exact: HashMap<K, V>,
+    exact: Map<K, V>,
     /// Entries whose filter ends with `#` below this node.
-    multi: HashMap<K, V>,
-    children: HashMap<Box<str>, FilterNode<K, V>>,
+    multi: Map<K, V>,
+    children: Map<Box<str>, FilterNode<K, V>>,
     single: Option<Box<FilterNode<K, V>>>,
 }
 
 impl<K, V> Default for FilterNode<K, V> {
     fn default() -> Self {
         FilterNode {
-            exact: HashMap::new(),
-            multi: HashMap::new(),
-            children: HashMap::new(),
+            exact: Map::default(),
+            multi: Map::default(),
+            children: Map::default(),
             single: None,
         }
     }
@@ -156,11 +161,16 @@ impl<K: Hash + Eq + Clone, V> FilterTrie<K, V> {
     pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(&'a K, &'a V)) {
         let dollar = topic.starts_with('$');
         let mut levels = [""; MAX_STACK_LEVELS];
-        let count = topic.split('/').count();
-        if count <= MAX_STACK_LEVELS {
-            for (slot, level) in levels.iter_mut().zip(topic.split('/')) {
-                *slot = level;
+        let mut count = 0;
+        for level in topic.split('/') {
+            if count == MAX_STACK_LEVELS {
+                count += 1;
+                break;
             }
+            levels[count] = level;
+            count += 1;
+        }
+        if count <= MAX_STACK_LEVELS {
             Self::match_at(&self.root, &levels[..count], true, dollar, &mut visit);
         } else {
             let levels: Vec<&str> = topic.split('/').collect();
@@ -218,14 +228,14 @@ pub struct TopicTrie<V> {
 #[derive(Debug)]
 struct TopicNode<V> {
     value: Option<V>,
-    children: HashMap<Box<str>, TopicNode<V>>,
+    children: Map<Box<str>, TopicNode<V>>,
 }
 
 impl<V> Default for TopicNode<V> {
     fn default() -> Self {
         TopicNode {
             value: None,
-            children: HashMap::new(),
+            children: Map::default(),
         }
     }
 }

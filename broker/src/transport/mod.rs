@@ -10,6 +10,7 @@
 //! lets a connection be taken apart and handed to another shard.
 
 pub mod readiness;
+pub mod split;
 pub mod tcp;
 pub mod tls;
 pub mod ws;

@@ -418,6 +418,9 @@ impl Shard {
         client_id: &Arc<str>,
         publishes: Vec<Publish>,
     ) -> HandleResult {
+        // One clock reading serves the whole batch, unless the log append
+        // waits.
+        let received = Instant::now();
         // Check every packet first. A bad one ends the batch, but those
         // before it are handled before the connection closes.
         let mut steps = Vec::with_capacity(publishes.len());
@@ -425,7 +428,7 @@ impl Shard {
         {
             let mut state = self.state.borrow_mut();
             for publish in publishes {
-                match state.prepare_publish(conn, client_id, publish) {
+                match state.prepare_publish(conn, client_id, publish, received) {
                     Ok(step) => steps.push(step),
                     Err(close) => {
                         closing = Some(close);
@@ -436,9 +439,11 @@ impl Shard {
         }
 
         let persistence = self.state.borrow().persistence.clone();
+        let mut routed_at = received;
         if let Some(persistence) = persistence {
             self.append_to_log(&persistence, client_id, &mut steps)
                 .await?;
+            routed_at = Instant::now();
             let exactly_once = steps.iter().any(|step| {
                 matches!(step, PublishStep::Route { publication, .. } if publication.qos == QoS::ExactlyOnce)
             });
@@ -446,13 +451,13 @@ impl Shard {
                 if let Err(close) = self.persist_session_now(client_id, "QoS 2 reply").await {
                     // The messages are in the log: route them, so that the
                     // client's re-sends are acknowledged without a second copy.
-                    let _ = self.route_steps(conn, steps).await;
+                    let _ = self.route_steps(conn, steps, routed_at).await;
                     return Err(close);
                 }
             }
         }
 
-        for reply in self.route_steps(conn, steps).await? {
+        for reply in self.route_steps(conn, steps, routed_at).await? {
             conn.send(&reply);
         }
         closing.map_or(Ok(()), Err)
@@ -510,14 +515,15 @@ impl Shard {
         }
     }
 
-    /// Routes the publications of `steps` and returns the replies owed, in
-    /// order, once every routing message is out. When a retained message
-    /// cannot be stored, no reply is owed: the client is disconnected with
-    /// 0x80 and re-sends after reconnecting.
+    /// Routes the publications of `steps` at `now` and returns the replies
+    /// owed, in order, once every routing message is out. When a retained
+    /// message cannot be stored, no reply is owed: the client is
+    /// disconnected with 0x80 and re-sends after reconnecting.
     async fn route_steps(
         &self,
         conn: &Rc<Conn>,
         steps: Vec<PublishStep>,
+        now: Instant,
     ) -> Result<Vec<Packet>, CloseRequest> {
         let mut outbox = Outbox::default();
         let mut replies = Vec::new();
@@ -536,6 +542,7 @@ impl Shard {
                         Arc::new(publication),
                         ack,
                         retain_ack_needed,
+                        now,
                         &mut outbox,
                     )),
                 }

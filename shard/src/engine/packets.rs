@@ -87,14 +87,14 @@ impl ShardState {
 
     /// Checks a client's PUBLISH and turns it into a publication to route,
     /// or into an immediate reply (a re-sent QoS 2 packet, an invalid
-    /// payload).
+    /// payload). `now` is when the batch it came in is handled.
     pub(super) fn prepare_publish(
         &mut self,
         conn: &Rc<Conn>,
         client_id: &Arc<str>,
         mut publish: Publish,
+        now: Instant,
     ) -> Result<PublishStep, CloseRequest> {
-        let now = Instant::now();
         let receive_maximum = self.limits.receive_maximum;
         let session = self.session_mut(client_id, conn)?;
         if !publish.properties.subscription_identifiers.is_empty() {
@@ -225,17 +225,18 @@ impl ShardState {
         self.interest.has_match(topic) || self.shared_interest.has_match(topic)
     }
 
-    /// Routes an accepted publication; returns the PUBACK or PUBREC to send
-    /// once the routing messages are out.
+    /// Routes an accepted publication at `now`; returns the PUBACK or
+    /// PUBREC to send once the routing messages are out.
     pub(super) fn finish_publish(
         &mut self,
         protocol: Protocol,
         publication: Arc<Publication>,
         ack: PendingAck,
         retain_ack_needed: bool,
+        now: Instant,
         outbox: &mut Outbox,
     ) -> Option<Packet> {
-        let matched = self.route(&publication, retain_ack_needed, Instant::now(), outbox);
+        let matched = self.route(&publication, retain_ack_needed, now, outbox);
         ack.map(|(kind, packet_id)| {
             let reason = if matched || protocol == Protocol::V311 {
                 ReasonCode::SUCCESS
