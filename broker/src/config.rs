@@ -297,7 +297,8 @@ pub struct LimitsConfig {
     pub max_output_buffer: Option<u64>,
     /// Bytes of output buffers over all sockets of one shard, default
     /// 16 MiB. Beyond it, QoS 0 messages to sockets with 4 KiB queued are
-    /// dropped.
+    /// dropped. Sockets that have not drained for a second count apart,
+    /// against four times this value.
     pub max_shard_output: Option<u64>,
     /// New connections per second accepted from one source IP address;
     /// default 0, which means no limit.

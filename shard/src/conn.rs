@@ -42,9 +42,16 @@ const OVER_BUDGET_OUTPUT: usize = 4 * 1024;
 
 /// Time without write progress after which a connection's output no longer
 /// counts toward its shard's budget. A client that stopped reading is then
-/// bound by its own `max-output-buffer` and cut off as a slow consumer, so
-/// it does not make the shard drop messages to the clients that do read.
+/// bound by its own `max-output-buffer`, by the stalled connections' share
+/// (see [`STALLED_SHARE`]), and cut off as a slow consumer, so it does not
+/// make the shard drop messages to the clients that do read.
 const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// Output of the stalled connections of a shard, in multiples of its
+/// budget. Past it, QoS 0 messages to stalled connections that have 4 KiB
+/// queued are dropped, so that many clients that stop reading at once
+/// cannot each hold `max-output-buffer`.
+const STALLED_SHARE: usize = 4;
 
 /// Memory of the output buffers of one shard's connections (their
 /// capacity, not only the bytes waiting in them), against the shard's
@@ -54,23 +61,30 @@ const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// to its own limit, so without a shard-wide bound memory grows with the
 /// number of subscribers. Over the budget, connections that already hold
 /// [`OVER_BUDGET_OUTPUT`] take no more QoS 0 messages until the shard
-/// drains.
+/// drains. Stalled connections count in a pool of their own, of
+/// [`STALLED_SHARE`] times the budget.
 pub struct OutputBudget {
+    /// Memory of the connections that drain, and its limit.
+    active: Pool,
+    /// Memory of the stalled connections, and its limit.
+    stalled: Pool,
+}
+
+/// Bytes charged to one part of a shard's output budget.
+struct Pool {
     limit: usize,
     used: Cell<usize>,
 }
 
-impl OutputBudget {
-    /// Creates a budget of `limit` bytes.
-    pub fn new(limit: usize) -> Rc<OutputBudget> {
-        Rc::new(OutputBudget {
+impl Pool {
+    fn new(limit: usize) -> Pool {
+        Pool {
             limit,
             used: Cell::new(0),
-        })
+        }
     }
 
-    /// Returns true when the shard's output buffers take at least the budget.
-    pub fn is_over(&self) -> bool {
+    fn is_over(&self) -> bool {
         self.used.get() >= self.limit
     }
 
@@ -80,6 +94,37 @@ impl OutputBudget {
 
     fn release(&self, bytes: usize) {
         self.used.set(self.used.get().saturating_sub(bytes));
+    }
+}
+
+impl OutputBudget {
+    /// Creates a budget of `limit` bytes for the connections that drain,
+    /// and of [`STALLED_SHARE`] times as much for the stalled ones.
+    pub fn new(limit: usize) -> Rc<OutputBudget> {
+        Rc::new(OutputBudget {
+            active: Pool::new(limit),
+            stalled: Pool::new(limit.saturating_mul(STALLED_SHARE)),
+        })
+    }
+
+    /// Returns true when the output buffers of the connections that drain
+    /// take at least the budget.
+    pub fn is_over(&self) -> bool {
+        self.active.is_over()
+    }
+
+    /// Returns true when the stalled connections' buffers take at least
+    /// their share.
+    pub fn stalled_over(&self) -> bool {
+        self.stalled.is_over()
+    }
+
+    fn pool(&self, counted: bool) -> &Pool {
+        if counted {
+            &self.active
+        } else {
+            &self.stalled
+        }
     }
 }
 
@@ -116,7 +161,8 @@ pub struct Conn {
     /// Writer waiting in [`Conn::urgent`], woken only by urgent output.
     urgent_waker: Cell<Option<Waker>>,
     /// The shard's budget, charged for the memory of `output` and of the
-    /// buffer being written while `counted` is true.
+    /// buffer being written: to its active pool while `counted` is true,
+    /// to its stalled pool otherwise.
     budget: Rc<OutputBudget>,
     /// False while the writer is stalled (see [`STALLED_AFTER`]).
     counted: Cell<bool>,
@@ -124,6 +170,8 @@ pub struct Conn {
     writing_capacity: Cell<usize>,
     /// Bytes this connection has charged to the budget.
     charged: Cell<usize>,
+    /// Whether `charged` is in the active pool rather than the stalled one.
+    charged_active: Cell<bool>,
 }
 
 impl Conn {
@@ -157,6 +205,7 @@ impl Conn {
             counted: Cell::new(true),
             writing_capacity: Cell::new(0),
             charged: Cell::new(0),
+            charged_active: Cell::new(true),
         }
     }
 
@@ -213,19 +262,19 @@ impl Conn {
     }
 
     /// Brings this connection's charge on the shard's budget up to date:
-    /// the capacity of its buffers, which is the memory they take, or
-    /// nothing while it does not count.
+    /// the capacity of its buffers, which is the memory they take, in the
+    /// pool for its state (draining or stalled).
     fn recharge(&self) {
-        let memory = if self.counted.get() {
-            self.output.borrow().capacity() + self.writing_capacity.get()
-        } else {
-            0
-        };
+        let memory = self.output.borrow().capacity() + self.writing_capacity.get();
+        let active = self.counted.get();
         let charged = self.charged.replace(memory);
-        if memory >= charged {
-            self.budget.add(memory - charged);
+        if self.charged_active.replace(active) != active {
+            self.budget.pool(!active).release(charged);
+            self.budget.pool(active).add(memory);
+        } else if memory >= charged {
+            self.budget.pool(active).add(memory - charged);
         } else {
-            self.budget.release(charged - memory);
+            self.budget.pool(active).release(charged - memory);
         }
     }
 
@@ -234,11 +283,20 @@ impl Conn {
     }
 
     /// Returns true when a QoS 0 message should be dropped instead of
-    /// buffered: the connection has reached its own limit, or the shard is
-    /// over its output budget and this connection has 4 KiB or more queued.
+    /// buffered: the connection has reached its own limit, or the pool it
+    /// counts in (draining or stalled) is over its limit and this
+    /// connection has 4 KiB or more queued.
     pub fn is_congested(&self) -> bool {
         let held = self.held();
-        held >= self.output_limit || (held >= OVER_BUDGET_OUTPUT && self.budget.is_over())
+        if held >= self.output_limit {
+            return true;
+        }
+        held >= OVER_BUDGET_OUTPUT
+            && if self.counted.get() {
+                self.budget.is_over()
+            } else {
+                self.budget.stalled_over()
+            }
     }
 
     /// Counts one message dropped for this connection.
@@ -401,8 +459,8 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.counted.set(false);
-        self.recharge();
+        let charged = self.charged.replace(0);
+        self.budget.pool(self.charged_active.get()).release(charged);
     }
 }
 
@@ -454,5 +512,63 @@ impl Future for CloseRequested {
                 Poll::Pending
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: usize = 8 * 1024;
+
+    fn conn(id: ConnId, budget: &Rc<OutputBudget>) -> Conn {
+        let peer: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        Conn::new(id, Protocol::V5, peer, u32::MAX, 0, 1 << 20, budget.clone())
+    }
+
+    /// Appends 1 KiB frames to `conn` until it is congested and returns
+    /// how many it took.
+    fn fill(conn: &Conn) -> usize {
+        let frame = [0u8; 1024];
+        let mut frames = 0;
+        while !conn.is_congested() {
+            assert!(conn.send_frame(&frame, None, None));
+            frames += 1;
+            assert!(frames < 1024, "connection never became congested");
+        }
+        frames
+    }
+
+    #[test]
+    fn stalled_output_has_bounded_pool() {
+        let budget = OutputBudget::new(BUDGET);
+        let start = Instant::now();
+        let stalled: Vec<Conn> = (0..4).map(|id| conn(id, &budget)).collect();
+        for conn in &stalled {
+            // A write starts and makes no progress from then on.
+            conn.note_write_progress(start);
+            fill(conn);
+            // A drop two seconds later moves it to the stalled pool, where
+            // it takes more until the pool is full.
+            conn.note_dropped_while_stalled(start + Duration::from_secs(2));
+            fill(conn);
+        }
+        let held: usize = stalled.iter().map(Conn::held).sum();
+        assert!(budget.stalled_over());
+        assert!(
+            held < 2 * STALLED_SHARE * BUDGET,
+            "stalled connections hold {held} bytes"
+        );
+
+        // The stalled bytes left the active pool: a connection that drains
+        // takes messages until the budget is used again.
+        assert!(!budget.is_over());
+        let draining = conn(10, &budget);
+        assert!(fill(&draining) >= 4);
+
+        drop(stalled);
+        drop(draining);
+        assert_eq!(budget.active.used.get(), 0);
+        assert_eq!(budget.stalled.used.get(), 0);
     }
 }

@@ -4,6 +4,7 @@
 //! of subscribers. A socket that has not drained for a second stops
 //! counting, so a client that stopped reading costs the others nothing.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -48,6 +49,16 @@ fn stalled_subscriber(broker: &Broker, client_id: &str, topic: &str) -> RawClien
     client
 }
 
+/// Held by each test while it runs. The floods take both cores for a
+/// moment, and a test that expects a reader to keep up fails when another
+/// test floods at the same time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Takes [`ONE_AT_A_TIME`], also after a test that held it failed.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Starts a one-shard broker with a shard output budget of `budget` bytes.
 fn start_with_budget(budget: &str) -> Broker {
     Broker::start(&[
@@ -72,6 +83,7 @@ fn delivered_to_stalled_subscriber(budget: &str) -> usize {
 
 #[test]
 fn over_budget_drops_qos0_to_busy_socket() {
+    let _turn = one_at_a_time();
     // 8 MiB of messages fit the 16 MiB socket limit: without a shard
     // budget in the way, the subscriber gets them all.
     let unbounded = delivered_to_stalled_subscriber("4294967295");
@@ -92,6 +104,7 @@ fn over_budget_drops_qos0_to_busy_socket() {
 
 #[test]
 fn stalled_socket_stops_counting() {
+    let _turn = one_at_a_time();
     let broker = start_with_budget("2097152");
     // The stalled subscriber takes the whole budget of 2 MiB, beyond what
     // the kernel's socket buffers take.
