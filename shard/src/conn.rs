@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use coremq_codec::{encode, encoded_len, Packet, Protocol, ReasonCode};
+use tracing::debug;
 
 /// Identifier of a connection, unique within its shard.
 pub type ConnId = u64;
@@ -283,20 +284,16 @@ impl Conn {
     }
 
     /// Returns true when a QoS 0 message should be dropped instead of
-    /// buffered: the connection has reached its own limit, or the pool it
-    /// counts in (draining or stalled) is over its limit and this
-    /// connection has 4 KiB or more queued.
+    /// buffered: the connection has reached its own limit, or it has 4 KiB
+    /// or more queued and the shard is over its budget. A stalled
+    /// connection also takes no more once the stalled pool is full.
     pub fn is_congested(&self) -> bool {
         let held = self.held();
         if held >= self.output_limit {
             return true;
         }
         held >= OVER_BUDGET_OUTPUT
-            && if self.counted.get() {
-                self.budget.is_over()
-            } else {
-                self.budget.stalled_over()
-            }
+            && (self.budget.is_over() || (!self.counted.get() && self.budget.stalled_over()))
     }
 
     /// Counts one message dropped for this connection.
@@ -331,6 +328,7 @@ impl Conn {
     /// when a message to it is dropped. Write progress counts it again.
     pub fn note_dropped_while_stalled(&self, now: Instant) {
         if self.counted.get() && self.write_stalled_for(now) >= STALLED_AFTER {
+            debug!(conn = self.id, peer = %self.peer, held = self.held(), "socket stalled; its output now counts in the stalled pool");
             self.counted.set(false);
             self.recharge();
         }

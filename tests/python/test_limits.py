@@ -18,6 +18,8 @@ from conftest import Broker, tail
 from mqtt_raw import (
     CONNACK,
     DISCONNECT_TYPE,
+    PINGREQ,
+    PINGRESP_TYPE,
     PUBLISH,
     SUBACK,
     RawClient,
@@ -239,3 +241,53 @@ def test_slow_consumer_disconnected(broker_factory):
     for _ in range(5):
         prober.round_trip()
     prober.assert_fast()
+
+
+def resident_kib(pid: int) -> int:
+    """Return the VmRSS of process pid in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"/proc/{pid}/status has no VmRSS line")
+
+
+def test_stalled_subscribers_share_bounded_memory(broker_factory):
+    # Each socket may hold 16 MiB, and the shard's budget is 2 MiB, so
+    # sockets that stopped reading share four times that: 8 MiB.
+    broker = broker_factory(
+        "--max-output-buffer", "16777216",
+        "--max-shard-output", "2097152",
+        shards=1,
+    )
+    stalled = []
+    for n in range(8):
+        client = RawClient(broker.host, broker.port, receive_buffer=4096)
+        client.send(encode_connect(f"stalled-{n}"))
+        client.expect(CONNACK)
+        client.send(encode_subscribe(1, [("share/t", 0)]))
+        client.expect(SUBACK)
+        stalled.append(client)
+    publisher = RawClient(broker.host, broker.port)
+    publisher.send(encode_connect("share-flooder"))
+    publisher.expect(CONNACK)
+    flood = encode_publish("share/t", 0, None, b"b" * 4096) * 2000
+
+    def send_flood() -> None:
+        # 8 MiB per subscriber. The PINGRESP comes once the broker has
+        # routed every message before it.
+        publisher.send(flood + bytes([PINGREQ << 4, 0]))
+        publisher.expect(PINGRESP_TYPE, timeout=30)
+
+    send_flood()
+    # A socket counts as stalled after a second without draining.
+    time.sleep(1.5)
+    before = resident_kib(broker.pid)
+    send_flood()
+    grown_mib = (resident_kib(broker.pid) - before) / 1024
+    # Before stalled sockets had a pool of their own, the eight took 76-82
+    # MiB more here.
+    assert grown_mib < 32, f"broker memory grew by {grown_mib:.1f} MiB for 8 stalled sockets"
+    for client in stalled:
+        client.close()
+
