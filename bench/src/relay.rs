@@ -37,6 +37,16 @@ const READ_BUFFER: usize = 64 * 1024;
 /// messages are dropped, as a broker drops QoS 0 to a congested client.
 const MAX_OUTPUT: usize = 8 << 20;
 
+/// Output kept for all clients together, past which messages are dropped.
+const MAX_TOTAL_OUTPUT: usize = 64 << 20;
+
+/// Largest packet read. A client that announces a larger one is closed.
+const MAX_PACKET: usize = 1 << 20;
+
+/// Pause after a failed `accept`, such as when descriptors ran out. The
+/// listening socket stays readable, so without it the relay would spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
 /// Token of the listening socket in the epoll set.
 const LISTENER: u64 = u64::MAX;
 
@@ -49,9 +59,11 @@ const DISCONNECT: u8 = 14;
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (Some(address), pause, None) = (args.next(), args.next(), args.next()) else {
-        eprintln!("usage: coremq-relay ADDRESS:PORT [PAUSE_US] (for example 127.0.0.1:1883 2000)");
-        return ExitCode::from(2);
+        return usage();
     };
+    if address.starts_with('-') {
+        return usage();
+    }
     let pause = match pause.as_deref().map(|text| (text, text.parse::<u64>())) {
         None => Duration::ZERO,
         Some((_, Ok(micros))) => Duration::from_micros(micros),
@@ -78,6 +90,11 @@ fn main() -> ExitCode {
     }
 }
 
+fn usage() -> ExitCode {
+    eprintln!("usage: coremq-relay ADDRESS:PORT [PAUSE_US] (for example 127.0.0.1:1883 2000)");
+    ExitCode::from(2)
+}
+
 /// One accepted connection.
 struct Client {
     stream: TcpStream,
@@ -96,7 +113,9 @@ struct Client {
 }
 
 fn run(address: SocketAddr, pause: Duration) -> io::Result<()> {
-    let listener = TcpListener::bind(address)?;
+    let listener = TcpListener::bind(address).map_err(|error| {
+        io::Error::new(error.kind(), format!("cannot listen on {address}: {error}"))
+    })?;
     listener.set_nonblocking(true)?;
     // SAFETY: epoll_create1 takes no pointers and returns a new descriptor
     // or -1.
@@ -116,6 +135,8 @@ fn run(address: SocketAddr, pause: Duration) -> io::Result<()> {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut closed = Vec::new();
     let mut queued = Vec::new();
+    // Bytes waiting in all clients' output.
+    let mut total_output = 0usize;
     loop {
         // SAFETY: `events` is valid for its length, which fits an i32.
         let count = unsafe {
@@ -166,7 +187,12 @@ fn run(address: SocketAddr, pause: Duration) -> io::Result<()> {
             let more = n == buffer.len();
             client.input.extend_from_slice(&buffer[..n]);
             let mut publishes = Vec::new();
-            if !handle_input(client, &mut publishes) {
+            let replies_before = client.output.len();
+            let keep = handle_input(client, &mut publishes);
+            total_output += client.output.len() - replies_before;
+            // A peer that hung up is done once its last bytes are handled.
+            let hung_up = flags & (libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0;
+            if !keep || hung_up {
                 closed.push(token);
             } else if client.subscribed && !subscribers.contains(&token) {
                 subscribers.push(token);
@@ -175,7 +201,10 @@ fn run(address: SocketAddr, pause: Duration) -> io::Result<()> {
             if !publishes.is_empty() {
                 for subscriber in &subscribers {
                     if let Some(target) = clients.get_mut(subscriber) {
-                        if target.output.len() + publishes.len() <= MAX_OUTPUT {
+                        if target.output.len() + publishes.len() <= MAX_OUTPUT
+                            && total_output + publishes.len() <= MAX_TOTAL_OUTPUT
+                        {
+                            total_output += publishes.len();
                             target.output.extend_from_slice(&publishes);
                             queue(target, *subscriber, &mut queued);
                         }
@@ -191,13 +220,18 @@ fn run(address: SocketAddr, pause: Duration) -> io::Result<()> {
                 continue;
             };
             client.queued = false;
-            if !client.output.is_empty() && client.writable && flush(client).is_err() {
-                closed.push(token);
+            if !client.output.is_empty() && client.writable {
+                let before = client.output.len();
+                if flush(client).is_err() {
+                    closed.push(token);
+                }
+                total_output -= before - client.output.len();
             }
         }
         for token in closed.drain(..) {
             if let Some(client) = clients.remove(&token) {
                 remove(&epoll, client.stream.as_raw_fd());
+                total_output -= client.output.len();
             }
             subscribers.retain(|subscriber| *subscriber != token);
         }
@@ -227,9 +261,10 @@ fn accept_all(
             Ok((stream, _)) => stream,
             Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
             // The client gave up before it was accepted, or descriptors ran
-            // out: wait for the next one.
+            // out: pause, and try again on the next pass.
             Err(error) => {
-                eprintln!("coremq-relay: accept failed: {error}");
+                eprintln!("coremq-relay: accept failed: {error}; retrying in {ACCEPT_RETRY:?}");
+                std::thread::sleep(ACCEPT_RETRY);
                 return Ok(());
             }
         };
@@ -260,15 +295,20 @@ fn accept_all(
 fn handle_input(client: &mut Client, publishes: &mut Vec<u8>) -> bool {
     let mut start = 0;
     let keep = loop {
-        let Some((header, length)) = packet_bounds(&client.input[start..]) else {
-            break true;
+        let (header, length) = match packet_bounds(&client.input[start..]) {
+            Bounds::Whole(header, length) => (header, length),
+            Bounds::Partial => break true,
+            Bounds::Invalid => break false,
         };
         let packet = &client.input[start..start + header + length];
         let body = &packet[header..];
         match packet[0] >> 4 {
             CONNECT => {
                 // Protocol name (2-byte length and "MQTT"), then the level.
-                client.level = body.get(6).copied().unwrap_or(4);
+                let Some(level) = body.get(6) else {
+                    break false;
+                };
+                client.level = *level;
                 if client.level == 5 {
                     client.output.extend_from_slice(&[0x20, 3, 0, 0, 0]);
                 } else {
@@ -304,18 +344,35 @@ fn handle_input(client: &mut Client, publishes: &mut Vec<u8>) -> bool {
     keep
 }
 
-/// Length of the fixed header and of the rest of the packet at the start
-/// of `bytes`, once all of it has arrived.
-fn packet_bounds(bytes: &[u8]) -> Option<(usize, usize)> {
+/// The state of the packet at the start of a client's input.
+enum Bounds {
+    /// A whole packet: the length of its fixed header and of the rest.
+    Whole(usize, usize),
+    /// The start of a packet that is still arriving.
+    Partial,
+    /// A remaining length of more than four bytes or above [`MAX_PACKET`].
+    Invalid,
+}
+
+fn packet_bounds(bytes: &[u8]) -> Bounds {
     let mut length = 0usize;
-    for (i, byte) in bytes.iter().skip(1).take(4).enumerate() {
+    for (i, byte) in bytes.iter().skip(1).enumerate() {
+        if i == 4 {
+            return Bounds::Invalid;
+        }
         length |= usize::from(byte & 0x7F) << (7 * i);
         if byte & 0x80 == 0 {
             let header = 2 + i;
-            return (bytes.len() >= header + length).then_some((header, length));
+            if length > MAX_PACKET {
+                return Bounds::Invalid;
+            }
+            if bytes.len() >= header + length {
+                return Bounds::Whole(header, length);
+            }
+            return Bounds::Partial;
         }
     }
-    None
+    Bounds::Partial
 }
 
 /// Number of topic filters in a SUBSCRIBE body (packet id onwards).

@@ -74,3 +74,64 @@ fn relay_rejects_a_bad_pause() {
     assert!(stderr.contains("invalid pause \"2ms\""), "{stderr}");
     assert!(stderr.contains("microseconds"), "{stderr}");
 }
+
+/// Starts the relay on a free loopback port; it is killed by its pid on drop.
+struct Relay {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Relay {
+    fn start() -> Relay {
+        let port = common::free_port();
+        let log = common::scratch_dir("relay-log").join("relay.log");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coremq-relay"))
+            .arg(format!("127.0.0.1:{port}"))
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("coremq-relay starts");
+        common::wait_for_port(&mut child, port, &log);
+        Relay { child, port }
+    }
+
+    /// Connects, sends `bytes`, and returns whether the relay closed the
+    /// connection within two seconds.
+    fn closes_after(&self, bytes: &[u8]) -> bool {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the relay");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("read timeout");
+        stream.write_all(bytes).expect("send to the relay");
+        let mut reply = [0u8; 16];
+        match stream.read(&mut reply) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn relay_closes_invalid_lengths() {
+    let relay = Relay::start();
+    // A valid CONNECT gets its CONNACK, and the connection stays open.
+    let connect = [
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ];
+    assert!(!relay.closes_after(&connect));
+    // A remaining length with a fifth length byte.
+    assert!(relay.closes_after(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]));
+    // A valid remaining length of 256 MiB, above the relay's 1 MiB limit.
+    assert!(relay.closes_after(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F]));
+    // A CONNECT too short to hold the protocol level.
+    assert!(relay.closes_after(&[0x10, 0x02, 0x00, 0x04]));
+}
