@@ -545,6 +545,10 @@ fn start_session<'a>(
         conn.clone(),
         writer,
         context.flush_clock.clone(),
+        HeldBack {
+            shard: context.shard.clone(),
+            client_id: client_id.clone(),
+        },
     ));
     let connecting = Box::pin(context.shard.connect(
         conn.clone(),
@@ -913,7 +917,19 @@ fn resolve_alias(
 /// so one write of two messages costs little more than one of a single
 /// message. A socket written to less often than once per period is never
 /// held, and replies (see [`Conn::is_urgent`]) are never held.
-async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<Transport>, clock: Rc<FlushClock>) {
+/// The shard and session that the writer hands held-back messages to once
+/// the output drains (see [`Conn::take_held_back`]).
+struct HeldBack {
+    shard: Shard,
+    client_id: Arc<str>,
+}
+
+async fn write_loop(
+    conn: Rc<Conn>,
+    mut writer: WriteHalf<Transport>,
+    clock: Rc<FlushClock>,
+    held_back: HeldBack,
+) {
     let linger = clock.period();
     let mut last_write: Option<Instant> = None;
     loop {
@@ -937,6 +953,9 @@ async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<Transport>, clock: Rc<
                 break;
             }
             last_write = Some(Instant::now());
+            if conn.take_held_back() {
+                held_back.shard.pump_held_back(&conn, &held_back.client_id);
+            }
         }
         if conn.close_requested().is_some() && conn.output_is_empty() {
             break;

@@ -173,6 +173,9 @@ pub struct Conn {
     charged: Cell<usize>,
     /// Whether `charged` is in the active pool rather than the stalled one.
     charged_active: Cell<bool>,
+    /// True when the session keeps QoS 1 and 2 messages back until the
+    /// output drains (see [`Conn::take_held_back`]).
+    held_back: Cell<bool>,
 }
 
 impl Conn {
@@ -207,6 +210,7 @@ impl Conn {
             writing_capacity: Cell::new(0),
             charged: Cell::new(0),
             charged_active: Cell::new(true),
+            held_back: Cell::new(false),
         }
     }
 
@@ -294,6 +298,31 @@ impl Conn {
         }
         held >= OVER_BUDGET_OUTPUT
             && (self.budget.is_over() || (!self.counted.get() && self.budget.stalled_over()))
+    }
+
+    /// Returns true when QoS 1 and 2 messages should wait in the session
+    /// rather than be written: the connection has reached its own limit,
+    /// or it is stalled with 4 KiB or more queued and the stalled pool is
+    /// full. Unlike [`Conn::is_congested`], the shard's budget does not
+    /// count: those messages are not dropped, so holding them back for a
+    /// busy shard would only delay them.
+    pub fn is_full(&self) -> bool {
+        let held = self.held();
+        held >= self.output_limit
+            || (!self.counted.get() && held >= OVER_BUDGET_OUTPUT && self.budget.stalled_over())
+    }
+
+    /// Records that the session keeps messages back because the output is
+    /// full.
+    pub fn note_held_back(&self) {
+        self.held_back.set(true);
+    }
+
+    /// Returns whether the session held messages back since the last call,
+    /// and clears the mark. The writer calls it after each write, and then
+    /// has the shard pump the session.
+    pub fn take_held_back(&self) -> bool {
+        self.held_back.replace(false)
     }
 
     /// Counts one message dropped for this connection.

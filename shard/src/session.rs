@@ -250,11 +250,29 @@ impl Session {
             write_publish(&conn, &delivery, None, false, now, Some(frames));
             return Offer::Sent;
         }
-        if self.queue.is_empty() && self.has_window() {
+        // QoS 1 and 2 copies wait in the queue, as shared references to
+        // the publication, while the socket is full. Written out, each
+        // would be an encoded copy per subscriber that stays in memory until
+        // the client reads it.
+        if !self.queue.is_empty() {
+            self.pump(now);
+        }
+        if self.queue.is_empty() && self.has_window() && !self.hold_back(&conn) {
             self.send_new(&conn, delivery, now, Some(frames));
             return Offer::Sent;
         }
         self.enqueue(delivery, limits, now)
+    }
+
+    /// Returns whether queued messages must wait because `conn`'s output is
+    /// full. The connection's writer then has the shard pump this session
+    /// once the output drains.
+    fn hold_back(&self, conn: &Conn) -> bool {
+        if conn.is_full() {
+            conn.note_held_back();
+            return true;
+        }
+        false
     }
 
     /// Returns whether a QoS 0 copy for `conn` must be dropped because its
@@ -313,12 +331,13 @@ impl Session {
         self.inflight.len() < usize::from(self.client_receive_maximum)
     }
 
-    /// Sends queued messages while the in-flight window has room.
+    /// Sends queued messages while the in-flight window has room and the
+    /// socket is not full.
     pub fn pump(&mut self, now: Instant) {
         let Some(conn) = self.conn.clone() else {
             return;
         };
-        while self.has_window() {
+        while self.has_window() && !self.queue.is_empty() && !self.hold_back(&conn) {
             let Some(delivery) = self.queue.pop_front() else {
                 break;
             };

@@ -20,6 +20,7 @@ from mqtt_raw import (
     DISCONNECT_TYPE,
     PINGREQ,
     PINGRESP_TYPE,
+    PUBACK,
     PUBLISH,
     SUBACK,
     RawClient,
@@ -290,4 +291,67 @@ def test_stalled_subscribers_share_bounded_memory(broker_factory):
     assert grown_mib < 32, f"broker memory grew by {grown_mib:.1f} MiB for 8 stalled sockets"
     for client in stalled:
         client.close()
+
+
+def publish_qos1(publisher: RawClient, topic: str, count: int, payload: bytes) -> None:
+    """Publish count QoS 1 messages, 100 at a time, each window waiting for its PUBACKs."""
+    for start in range(0, count, 100):
+        window = range(start, min(start + 100, count))
+        publisher.send(b"".join(encode_publish(topic, 1, n + 1, payload) for n in window))
+        for _ in window:
+            publisher.expect(PUBACK, timeout=30)
+
+
+def test_qos1_stalled_subscribers_bounded_memory(broker_factory):
+    # QoS 1 copies past a socket's 1 MiB output limit wait in the session as
+    # references to the shared message, not as an encoded copy per socket.
+    broker = broker_factory("--max-shard-output", "2097152", shards=1)
+    stalled = []
+    for n in range(20):
+        client = RawClient(broker.host, broker.port, receive_buffer=4096)
+        client.send(encode_connect(f"stalled-qos1-{n}"))
+        client.expect(CONNACK)
+        client.send(encode_subscribe(1, [("q1/t", 1)]))
+        client.expect(SUBACK)
+        stalled.append(client)
+    publisher = RawClient(broker.host, broker.port)
+    publisher.send(encode_connect("qos1-flooder"))
+    publisher.expect(CONNACK)
+    before = resident_kib(broker.pid)
+    # 8 MiB to each of the 20 subscribers, 160 MiB of copies in all.
+    publish_qos1(publisher, "q1/t", 2000, b"q" * 4096)
+    grown_mib = (resident_kib(broker.pid) - before) / 1024
+    # Before QoS 1 copies waited in the session, the broker kept them all.
+    assert grown_mib < 80, f"broker memory grew by {grown_mib:.1f} MiB for 20 stalled QoS 1 sockets"
+    for client in stalled:
+        client.close()
+
+
+def test_qos1_held_back_until_socket_drains(broker_factory):
+    # With a 64 KiB output limit, most of 3,000 messages of 4 KiB (12 MiB,
+    # more than the kernel's socket buffers take) wait in the session while
+    # the subscriber does not read. It never sends PUBACK, so only its
+    # socket draining can release them.
+    broker = broker_factory(
+        "--max-output-buffer", "65536",
+        "--max-queued-messages", "5000",
+        shards=1,
+    )
+    subscriber = RawClient(broker.host, broker.port, receive_buffer=4096)
+    subscriber.send(encode_connect("held-back"))
+    subscriber.expect(CONNACK)
+    subscriber.send(encode_subscribe(1, [("held/t", 1)]))
+    subscriber.expect(SUBACK)
+    publisher = RawClient(broker.host, broker.port)
+    publisher.send(encode_connect("held-back-publisher"))
+    publisher.expect(CONNACK)
+    publish_qos1(publisher, "held/t", 3000, b"h" * 4096)
+
+    received = []
+    while len(received) < 3000:
+        packet_type, flags, body = subscriber.read_packet(timeout=10)
+        assert packet_type == PUBLISH, f"unexpected packet type {packet_type}"
+        received.append(parse_publish(flags, body)[1])
+    # Each copy gets its own packet id, in the order the messages came.
+    assert len(set(received)) == 3000
 

@@ -587,6 +587,16 @@ impl Shard {
         Ok(())
     }
 
+    /// Sends the QoS 1 and 2 messages that the session of `client_id`
+    /// held back while `conn`'s output was full. The connection's
+    /// writer calls this after a write once the session held messages back.
+    pub fn pump_held_back(&self, conn: &Rc<Conn>, client_id: &Arc<str>) {
+        let mut state = self.state.borrow_mut();
+        if let Ok(session) = state.session_mut(client_id, conn) {
+            session.pump(Instant::now());
+        }
+    }
+
     /// Detaches a closed connection from its session. `will` is false when
     /// the client ended with DISCONNECT 0x00, which discards the Will.
     pub async fn disconnected(&self, conn: &Rc<Conn>, client_id: &Arc<str>, publish_will: bool) {
