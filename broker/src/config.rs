@@ -296,9 +296,10 @@ pub struct LimitsConfig {
     /// default 1 MiB.
     pub max_output_buffer: Option<u64>,
     /// Bytes of output buffers over all sockets of one shard, default
-    /// 16 MiB. Beyond it, QoS 0 messages to sockets with 4 KiB queued are
-    /// dropped. Sockets that have not drained for a second count apart,
-    /// against four times this value.
+    /// 16 MiB. Beyond it, QoS 0 messages to sockets holding more than
+    /// their share (half this value divided among the shard's connections,
+    /// at least 4 KiB) are dropped. Sockets that have not drained for a
+    /// second count apart, against four times this value.
     pub max_shard_output: Option<u64>,
     /// New connections per second accepted from one source IP address;
     /// default 0, which means no limit.

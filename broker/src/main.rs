@@ -153,9 +153,11 @@ struct Cli {
     #[arg(long, value_name = "BYTES")]
     max_output_buffer: Option<u64>,
     /// Bytes of output buffers over all sockets of one shard beyond which
-    /// QoS 0 messages to sockets with 4 KiB queued are dropped. Sockets
-    /// that have not drained for a second count apart, against four times
-    /// this value [default: 16777216].
+    /// QoS 0 messages to sockets holding more than their share (half this
+    /// value divided among the shard's connections, at least 4 KiB) are
+    /// dropped.
+    /// Sockets that have not drained for a second count apart, against
+    /// four times this value [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     max_shard_output: Option<u64>,
     /// Seconds a socket may go without draining, while messages to it are

@@ -37,8 +37,9 @@ const KEEP_OUTPUT_CAPACITY_FROM: usize = 4096;
 /// the shard's output budget counts.
 const KEEP_OUTPUT_CAPACITY_UP_TO: usize = 16 * 1024;
 
-/// Bytes a connection may hold while its shard is over its output budget.
-/// Beyond them, QoS 0 messages to it are dropped until the shard drains.
+/// Bytes a connection may hold while its shard is over its output budget,
+/// when its share of the budget is smaller. Beyond them, QoS 0 messages to
+/// it are dropped until the shard drains.
 const OVER_BUDGET_OUTPUT: usize = 4 * 1024;
 
 /// Time without write progress after which a connection's output no longer
@@ -60,15 +61,17 @@ const STALLED_SHARE: usize = 4;
 ///
 /// A publisher faster than its subscribers fills every subscriber's buffer
 /// to its own limit, so without a shard-wide bound memory grows with the
-/// number of subscribers. Over the budget, connections that already hold
-/// [`OVER_BUDGET_OUTPUT`] take no more QoS 0 messages until the shard
-/// drains. Stalled connections count in a pool of their own, of
+/// number of subscribers. Over the budget, connections that hold more than
+/// their share of it (at least [`OVER_BUDGET_OUTPUT`]) take no more QoS 0
+/// messages until the shard drains. Stalled connections count in a pool of their own, of
 /// [`STALLED_SHARE`] times the budget.
 pub struct OutputBudget {
     /// Memory of the connections that drain, and its limit.
     active: Pool,
     /// Memory of the stalled connections, and its limit.
     stalled: Pool,
+    /// Open connections of the shard, among which the budget is shared.
+    conns: Cell<usize>,
 }
 
 /// Bytes charged to one part of a shard's output budget.
@@ -105,7 +108,18 @@ impl OutputBudget {
         Rc::new(OutputBudget {
             active: Pool::new(limit),
             stalled: Pool::new(limit.saturating_mul(STALLED_SHARE)),
+            conns: Cell::new(0),
         })
+    }
+
+    /// Returns a connection's share of the budget: half the budget divided
+    /// among the shard's connections, and at least [`OVER_BUDGET_OUTPUT`].
+    /// Over the budget, only connections that hold more than their share
+    /// lose QoS 0 messages, so a client that reads keeps its messages while
+    /// clients that fell behind hold the memory. The half keeps the output
+    /// of the shard's connections under 1.5 times the budget.
+    pub fn share(&self) -> usize {
+        (self.active.limit / 2 / self.conns.get().max(1)).max(OVER_BUDGET_OUTPUT)
     }
 
     /// Returns true when the output buffers of the connections that drain
@@ -188,6 +202,7 @@ impl Conn {
         output_limit: usize,
         budget: Rc<OutputBudget>,
     ) -> Conn {
+        budget.conns.set(budget.conns.get() + 1);
         Conn {
             id,
             protocol,
@@ -288,16 +303,20 @@ impl Conn {
     }
 
     /// Returns true when a QoS 0 message should be dropped instead of
-    /// buffered: the connection has reached its own limit, or it has 4 KiB
-    /// or more queued and the shard is over its budget. A stalled
-    /// connection also takes no more once the stalled pool is full.
+    /// buffered: the connection has reached its own limit, or the shard is
+    /// over its budget and the connection has more than its share (see
+    /// [`OutputBudget::share`]). A stalled connection with 4 KiB or more
+    /// queued also takes no more once the stalled pool is full.
     pub fn is_congested(&self) -> bool {
         let held = self.held();
         if held >= self.output_limit {
             return true;
         }
-        held >= OVER_BUDGET_OUTPUT
-            && (self.budget.is_over() || (!self.counted.get() && self.budget.stalled_over()))
+        if held < OVER_BUDGET_OUTPUT {
+            return false;
+        }
+        (self.budget.is_over() && held >= self.budget.share())
+            || (!self.counted.get() && self.budget.stalled_over())
     }
 
     /// Returns true when QoS 1 and 2 messages should wait in the session
@@ -488,6 +507,7 @@ impl Drop for Conn {
     fn drop(&mut self) {
         let charged = self.charged.replace(0);
         self.budget.pool(self.charged_active.get()).release(charged);
+        self.budget.conns.set(self.budget.conns.get() - 1);
     }
 }
 
@@ -597,5 +617,29 @@ mod tests {
         drop(draining);
         assert_eq!(budget.active.used.get(), 0);
         assert_eq!(budget.stalled.used.get(), 0);
+        assert_eq!(budget.conns.get(), 0);
+    }
+
+    #[test]
+    fn over_budget_spares_small_outputs() {
+        // Four connections share half of 128 KiB: 16 KiB each.
+        let budget = OutputBudget::new(128 * 1024);
+        let conns: Vec<Conn> = (0..4).map(|id| conn(id, &budget)).collect();
+        assert_eq!(budget.share(), 16 * 1024);
+        // One client falls behind and takes the whole budget.
+        fill(&conns[0]);
+        assert!(budget.is_over());
+        assert!(conns[0].is_congested());
+
+        // A client that reads holds 6 KiB between writes: above 4 KiB, but
+        // within its share, so it still gets its messages.
+        let frame = [0u8; 1024];
+        for _ in 0..6 {
+            assert!(conns[1].send_frame(&frame, None, None));
+        }
+        assert!(!conns[1].is_congested());
+        // Past its share it loses them too.
+        fill(&conns[1]);
+        assert!(conns[1].held() >= budget.share());
     }
 }

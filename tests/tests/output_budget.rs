@@ -1,7 +1,7 @@
 //! The shard-wide output budget (`--max-shard-output`). Once a shard's
-//! output buffers take its budget, QoS 0 messages to sockets that already
-//! have 4 KiB queued are dropped, so the broker's memory stops growing with the number
-//! of subscribers. A socket that has not drained for a second stops
+//! output buffers take its budget, QoS 0 messages to sockets that hold more
+//! than their share of it (at least 4 KiB) are dropped, so the broker's
+//! memory stops growing with the number of subscribers. A socket that has not drained for a second stops
 //! counting, so a client that stopped reading costs the others nothing.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -117,7 +117,8 @@ fn stalled_socket_stops_counting() {
     // A subscriber that reads gets every message of a 1 MiB flood, which
     // alone cannot fill the budget. Were the stalled bytes still counted,
     // the shard would stay over budget, and messages would be dropped
-    // whenever a read batch left 4 KiB queued for this socket.
+    // whenever a read batch left more than its share queued for this
+    // socket.
     let (mut reader, _) = RawClient::connect_v5(broker.addr(), "budget-reader");
     reader.subscribe("budget/shared", QoS::AtMostOnce);
     let counter = thread::spawn(move || reader.drain_publishes(Duration::from_secs(2)).len());
