@@ -72,6 +72,9 @@ pub struct OutputBudget {
     stalled: Pool,
     /// Open connections of the shard, among which the budget is shared.
     conns: Cell<usize>,
+    /// [`OutputBudget::share`] for the current number of connections,
+    /// kept so that the check on each message does not divide.
+    share: Cell<usize>,
 }
 
 /// Bytes charged to one part of a shard's output budget.
@@ -109,6 +112,7 @@ impl OutputBudget {
             active: Pool::new(limit),
             stalled: Pool::new(limit.saturating_mul(STALLED_SHARE)),
             conns: Cell::new(0),
+            share: Cell::new(OVER_BUDGET_OUTPUT.max(limit / 2)),
         })
     }
 
@@ -119,7 +123,16 @@ impl OutputBudget {
     /// clients that fell behind hold the memory. The half keeps the output
     /// of the shard's connections under 1.5 times the budget.
     pub fn share(&self) -> usize {
-        (self.active.limit / 2 / self.conns.get().max(1)).max(OVER_BUDGET_OUTPUT)
+        self.share.get()
+    }
+
+    /// Counts a connection opened (`1`) or closed (`-1`) and updates the
+    /// share.
+    fn count_conn(&self, change: isize) {
+        let conns = self.conns.get().saturating_add_signed(change);
+        self.conns.set(conns);
+        self.share
+            .set((self.active.limit / 2 / conns.max(1)).max(OVER_BUDGET_OUTPUT));
     }
 
     /// Returns true when the output buffers of the connections that drain
@@ -202,7 +215,7 @@ impl Conn {
         output_limit: usize,
         budget: Rc<OutputBudget>,
     ) -> Conn {
-        budget.conns.set(budget.conns.get() + 1);
+        budget.count_conn(1);
         Conn {
             id,
             protocol,
@@ -507,7 +520,7 @@ impl Drop for Conn {
     fn drop(&mut self) {
         let charged = self.charged.replace(0);
         self.budget.pool(self.charged_active.get()).release(charged);
-        self.budget.conns.set(self.budget.conns.get() - 1);
+        self.budget.count_conn(-1);
     }
 }
 
