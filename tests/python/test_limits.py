@@ -217,15 +217,8 @@ def test_slow_consumer_disconnected(broker_factory):
     )
     prober = Prober(broker, "prober")
     # A small receive buffer closes the TCP window quickly; the client never reads.
-    slow = RawClient(broker.host, broker.port, receive_buffer=4096)
-    slow.send(encode_connect("slow"))
-    slow.expect(CONNACK)
-    slow.send(encode_subscribe(1, [("flood/#", 0)]))
-    slow.expect(SUBACK)
-
-    publisher = RawClient(broker.host, broker.port)
-    publisher.send(encode_connect("flooder"))
-    publisher.expect(CONNACK)
+    slow = stalled_subscriber(broker, "slow", "flood/#", 0)
+    publisher = connected_client(broker, "flooder")
     payload = b"x" * 10_000
     deadline = time.monotonic() + 15
     disconnected = False
@@ -242,6 +235,25 @@ def test_slow_consumer_disconnected(broker_factory):
     for _ in range(5):
         prober.round_trip()
     prober.assert_fast()
+
+
+def stalled_subscriber(broker: Broker, client_id: str, topic: str, qos: int) -> RawClient:
+    """Connect a subscriber to topic with a 4 KiB receive buffer, which fills at once while
+    it does not read."""
+    client = RawClient(broker.host, broker.port, receive_buffer=4096)
+    client.send(encode_connect(client_id))
+    client.expect(CONNACK)
+    client.send(encode_subscribe(1, [(topic, qos)]))
+    client.expect(SUBACK)
+    return client
+
+
+def connected_client(broker: Broker, client_id: str) -> RawClient:
+    """Connect an MQTT 5 client that reads what it is sent."""
+    client = RawClient(broker.host, broker.port)
+    client.send(encode_connect(client_id))
+    client.expect(CONNACK)
+    return client
 
 
 def resident_kib(pid: int) -> int:
@@ -261,17 +273,8 @@ def test_stalled_subscribers_share_bounded_memory(broker_factory):
         "--max-shard-output", "2097152",
         shards=1,
     )
-    stalled = []
-    for n in range(8):
-        client = RawClient(broker.host, broker.port, receive_buffer=4096)
-        client.send(encode_connect(f"stalled-{n}"))
-        client.expect(CONNACK)
-        client.send(encode_subscribe(1, [("share/t", 0)]))
-        client.expect(SUBACK)
-        stalled.append(client)
-    publisher = RawClient(broker.host, broker.port)
-    publisher.send(encode_connect("share-flooder"))
-    publisher.expect(CONNACK)
+    stalled = [stalled_subscriber(broker, f"stalled-{n}", "share/t", 0) for n in range(8)]
+    publisher = connected_client(broker, "share-flooder")
     flood = encode_publish("share/t", 0, None, b"b" * 4096) * 2000
 
     def send_flood() -> None:
@@ -306,17 +309,8 @@ def test_qos1_stalled_subscribers_bounded_memory(broker_factory):
     # QoS 1 copies past a socket's 1 MiB output limit wait in the session as
     # references to the shared message, not as an encoded copy per socket.
     broker = broker_factory("--max-shard-output", "2097152", shards=1)
-    stalled = []
-    for n in range(20):
-        client = RawClient(broker.host, broker.port, receive_buffer=4096)
-        client.send(encode_connect(f"stalled-qos1-{n}"))
-        client.expect(CONNACK)
-        client.send(encode_subscribe(1, [("q1/t", 1)]))
-        client.expect(SUBACK)
-        stalled.append(client)
-    publisher = RawClient(broker.host, broker.port)
-    publisher.send(encode_connect("qos1-flooder"))
-    publisher.expect(CONNACK)
+    stalled = [stalled_subscriber(broker, f"stalled-qos1-{n}", "q1/t", 1) for n in range(20)]
+    publisher = connected_client(broker, "qos1-flooder")
     before = resident_kib(broker.pid)
     # 8 MiB to each of the 20 subscribers, 160 MiB of copies in all.
     publish_qos1(publisher, "q1/t", 2000, b"q" * 4096)
@@ -337,14 +331,9 @@ def test_qos1_held_back_until_socket_drains(broker_factory):
         "--max-queued-messages", "5000",
         shards=1,
     )
-    subscriber = RawClient(broker.host, broker.port, receive_buffer=4096)
-    subscriber.send(encode_connect("held-back"))
-    subscriber.expect(CONNACK)
-    subscriber.send(encode_subscribe(1, [("held/t", 1)]))
-    subscriber.expect(SUBACK)
-    publisher = RawClient(broker.host, broker.port)
-    publisher.send(encode_connect("held-back-publisher"))
-    publisher.expect(CONNACK)
+    # It reads only once everything is published.
+    subscriber = stalled_subscriber(broker, "held-back", "held/t", 1)
+    publisher = connected_client(broker, "held-back-publisher")
     publish_qos1(publisher, "held/t", 3000, b"h" * 4096)
 
     received = []
