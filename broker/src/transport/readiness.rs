@@ -364,6 +364,32 @@ mod tests {
             .run(async move { test().await });
     }
 
+    /// A registered non-blocking socket, its peer, and a waker that counts
+    /// its wake-ups.
+    struct Registered {
+        registration: Registration,
+        peer: UnixStream,
+        counter: Arc<CountingWaker>,
+        waker: Waker,
+        // Kept open for as long as the registration.
+        _ours: UnixStream,
+    }
+
+    fn registered_pair() -> Registered {
+        let (ours, peer) = UnixStream::pair().expect("socket pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let registration = Registration::new(ours.as_raw_fd()).expect("registered");
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        Registered {
+            registration,
+            peer,
+            counter,
+            waker,
+            _ours: ours,
+        }
+    }
+
     /// Waits up to a second for `counter` to pass `seen`.
     async fn wait_for_wake(counter: &CountingWaker, seen: usize) -> usize {
         for _ in 0..200 {
@@ -379,11 +405,13 @@ mod tests {
     #[test]
     fn reader_wakes_and_reads_data() {
         run(|| async {
-            let (ours, mut peer) = UnixStream::pair().expect("socket pair");
-            ours.set_nonblocking(true).expect("non-blocking");
-            let registration = Registration::new(ours.as_raw_fd()).expect("registered");
-            let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-            let waker = Waker::from(counter.clone());
+            let Registered {
+                registration,
+                mut peer,
+                counter,
+                waker,
+                _ours,
+            } = registered_pair();
             let cx = Context::from_waker(&waker);
             let mut buf = [0u8; 16];
 
@@ -427,11 +455,13 @@ mod tests {
                     .make()
                     .expect("glommio executor starts");
                 executor.run(async move {
-                    let (ours, mut peer) = UnixStream::pair().expect("socket pair");
-                    ours.set_nonblocking(true).expect("non-blocking");
-                    let registration = Registration::new(ours.as_raw_fd()).expect("registered");
-                    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-                    let waker = Waker::from(counter.clone());
+                    let Registered {
+                        registration,
+                        mut peer,
+                        counter,
+                        waker,
+                        _ours,
+                    } = registered_pair();
                     let cx = Context::from_waker(&waker);
                     let mut buf = [0u8; 4];
                     assert!(registration.poll_recv(&cx, &mut buf).is_pending());

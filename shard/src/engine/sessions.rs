@@ -153,12 +153,17 @@ mod tests {
         Box::new(Session::new(client_id.into(), Protocol::V5))
     }
 
-    #[test]
-    fn hint_goes_stale_on_removal() {
+    /// Returns a table with Alice's session, her client id and an empty hint.
+    fn table_with_alice() -> (SessionTable, Arc<str>, Cell<SessionHint>) {
         let mut table = SessionTable::default();
         let alice: Arc<str> = "alice".into();
         table.insert(alice.clone(), session("alice"));
-        let hint = Cell::new(SessionHint::default());
+        (table, alice, Cell::new(SessionHint::default()))
+    }
+
+    #[test]
+    fn hint_goes_stale_on_removal() {
+        let (mut table, alice, hint) = table_with_alice();
 
         let found = table.get_mut_hinted(&alice, &hint).expect("alice found");
         assert_eq!(&*found.client_id, "alice");
@@ -181,10 +186,7 @@ mod tests {
 
     #[test]
     fn replaced_session_keeps_slot() {
-        let mut table = SessionTable::default();
-        let alice: Arc<str> = "alice".into();
-        table.insert(alice.clone(), session("alice"));
-        let hint = Cell::new(SessionHint::default());
+        let (mut table, alice, hint) = table_with_alice();
         table.get_mut_hinted(&alice, &hint).expect("alice found");
         let learned = hint.get();
 
