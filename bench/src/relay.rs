@@ -3,7 +3,7 @@
 //!
 //! It replies to CONNECT, SUBSCRIBE and PINGREQ, and copies each PUBLISH it
 //! reads, byte for byte, to every client that has subscribed, whatever the
-//! topic. So it stands in for a broker only on loads where each subscriber
+//! topic. So it can replace a broker only on loads where each subscriber
 //! takes every message: `fanin`, and `fanout` on one topic. It keeps no
 //! sessions, checks nothing and matches no topics.
 //!
@@ -114,7 +114,10 @@ struct Client {
 
 fn run(address: SocketAddr, pause: Duration) -> io::Result<()> {
     let listener = TcpListener::bind(address).map_err(|error| {
-        io::Error::new(error.kind(), format!("cannot listen on {address}: {error}"))
+        io::Error::new(
+            error.kind(),
+            format!("failed to listen on {address}: {error}; choose a free port"),
+        )
     })?;
     listener.set_nonblocking(true)?;
     // SAFETY: epoll_create1 takes no pointers and returns a new descriptor
@@ -324,6 +327,8 @@ fn handle_input(client: &mut Client, publishes: &mut Vec<u8>) -> bool {
                 let filters = count_filters(body, client.level);
                 let properties = usize::from(client.level == 5);
                 let length = 2 + properties + filters;
+                // The relay writes SUBACK with a one-byte length, so a
+                // SUBSCRIBE of more than about 124 filters closes the client.
                 if length > 127 {
                     break false;
                 }

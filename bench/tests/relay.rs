@@ -4,8 +4,8 @@ mod common;
 
 use common::{number, run_bench};
 
-/// Runs a fan-in through the relay with the given MQTT version and returns
-/// the report of the relay's run.
+/// Runs a fan-in through the relay with the given MQTT version and pause,
+/// and returns the report of the relay's run.
 fn fanin_through_relay(protocol: &str, pause_micros: &str) -> serde_json::Value {
     let relay = format!(
         "relay={} 127.0.0.1:{{port}} {pause_micros}",
@@ -35,8 +35,8 @@ fn fanin_through_relay(protocol: &str, pause_micros: &str) -> serde_json::Value 
     report
 }
 
-/// Both subscribers hear every publisher through the relay, and the bench
-/// measures the relay's CPU like any broker's.
+/// Checks that both subscribers hear every publisher through the relay,
+/// and that the bench measures the relay's CPU like any broker's.
 fn check_every_message_arrives(report: &serde_json::Value) {
     assert_eq!(report["broker"], "relay", "{report:#}");
     let subscribers = report["subscribers"].as_array().expect("subscribers array");
@@ -75,7 +75,7 @@ fn relay_rejects_a_bad_pause() {
     assert!(stderr.contains("microseconds"), "{stderr}");
 }
 
-/// Starts the relay on a free loopback port; it is killed by its pid on drop.
+/// A relay on a free loopback port, killed by its pid on drop.
 struct Relay {
     child: std::process::Child,
     port: u16,
@@ -95,7 +95,7 @@ impl Relay {
     }
 
     /// Connects, sends `bytes`, and returns whether the relay closed the
-    /// connection within two seconds.
+    /// connection within two seconds instead of replying.
     fn closes_after(&self, bytes: &[u8]) -> bool {
         use std::io::{Read, Write};
         let mut stream =

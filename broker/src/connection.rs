@@ -905,6 +905,13 @@ fn resolve_alias(
     Ok(publish)
 }
 
+/// The shard and session that the writer hands held-back messages to once
+/// the output drains (see [`Conn::take_held_back`]).
+struct HeldBack {
+    shard: Shard,
+    client_id: Arc<str>,
+}
+
 /// Flushes the connection's output whenever there is some, then sends the
 /// final DISCONNECT (if any) and shuts the socket down once a close is
 /// requested. After a close request, the writer gives up on output that
@@ -917,13 +924,9 @@ fn resolve_alias(
 /// so one write of two messages costs little more than one of a single
 /// message. A socket written to less often than once per period is never
 /// held, and replies (see [`Conn::is_urgent`]) are never held.
-/// The shard and session that the writer hands held-back messages to once
-/// the output drains (see [`Conn::take_held_back`]).
-struct HeldBack {
-    shard: Shard,
-    client_id: Arc<str>,
-}
-
+///
+/// After a write, messages that the session held back while the output
+/// was full go to the shard to be sent (see [`Conn::take_held_back`]).
 async fn write_loop(
     conn: Rc<Conn>,
     mut writer: WriteHalf<Transport>,

@@ -47,6 +47,8 @@ const OVER_BUDGET_OUTPUT: usize = 4 * 1024;
 /// bound by its own `max-output-buffer`, by the stalled connections' share
 /// (see [`STALLED_SHARE`]), and cut off as a slow consumer, so it does not
 /// make the shard drop messages to the clients that do read.
+// NOTE: until then a stalled socket counts in the active pool, so when many
+// stall at once, sockets that read can lose QoS 0 messages for that second.
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 
 /// Output of the stalled connections of a shard, in multiples of its
@@ -142,7 +144,7 @@ impl OutputBudget {
     }
 
     /// Returns true when the stalled connections' buffers take at least
-    /// their share.
+    /// their pool's limit.
     pub fn stalled_over(&self) -> bool {
         self.stalled.is_over()
     }
@@ -644,8 +646,8 @@ mod tests {
         assert!(budget.is_over());
         assert!(conns[0].is_congested());
 
-        // A client that reads holds 6 KiB between writes: above 4 KiB, but
-        // within its share, so it still gets its messages.
+        // A client that reads has 6 KiB queued between writes: above 4 KiB,
+        // but within its share, so it still gets its messages.
         let frame = [0u8; 1024];
         for _ in 0..6 {
             assert!(conns[1].send_frame(&frame, None, None));
