@@ -371,7 +371,7 @@ mod tests {
         peer: UnixStream,
         counter: Arc<CountingWaker>,
         waker: Waker,
-        // Kept open for as long as the registration.
+        /// The registered socket, kept open for as long as the registration.
         _ours: UnixStream,
     }
 
@@ -405,41 +405,39 @@ mod tests {
     #[test]
     fn reader_wakes_and_reads_data() {
         run(|| async {
-            let Registered {
-                registration,
-                mut peer,
-                counter,
-                waker,
-                _ours,
-            } = registered_pair();
-            let cx = Context::from_waker(&waker);
+            let mut socket = registered_pair();
+            let cx = Context::from_waker(&socket.waker);
             let mut buf = [0u8; 16];
 
             // Empty socket: the read waits.
-            assert!(registration.poll_recv(&cx, &mut buf).is_pending());
-            peer.write_all(b"abc").expect("write");
-            assert_eq!(wait_for_wake(&counter, 0).await, 1, "set woke the reader");
-            match registration.poll_recv(&cx, &mut buf) {
+            assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
+            socket.peer.write_all(b"abc").expect("write");
+            assert_eq!(
+                wait_for_wake(&socket.counter, 0).await,
+                1,
+                "set woke the reader"
+            );
+            match socket.registration.poll_recv(&cx, &mut buf) {
                 Poll::Ready(Ok(3)) => assert_eq!(&buf[..3], b"abc"),
                 other => panic!("expected 3 bytes, got {other:?}"),
             }
             // Read empty: the next read waits without a system call.
-            assert!(registration.poll_recv(&cx, &mut buf).is_pending());
+            assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
 
             // Data that arrives after that is reported again.
-            peer.write_all(b"de").expect("write");
-            assert_eq!(wait_for_wake(&counter, 1).await, 2);
+            socket.peer.write_all(b"de").expect("write");
+            assert_eq!(wait_for_wake(&socket.counter, 1).await, 2);
             assert!(matches!(
-                registration.poll_recv(&cx, &mut buf),
+                socket.registration.poll_recv(&cx, &mut buf),
                 Poll::Ready(Ok(2))
             ));
 
             // End of stream wakes the reader and reads as zero bytes.
-            assert!(registration.poll_recv(&cx, &mut buf).is_pending());
-            drop(peer);
-            assert_eq!(wait_for_wake(&counter, 2).await, 3);
+            assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
+            drop(socket.peer);
+            assert_eq!(wait_for_wake(&socket.counter, 2).await, 3);
             assert!(matches!(
-                registration.poll_recv(&cx, &mut buf),
+                socket.registration.poll_recv(&cx, &mut buf),
                 Poll::Ready(Ok(0))
             ));
         });
@@ -455,19 +453,13 @@ mod tests {
                     .make()
                     .expect("glommio executor starts");
                 executor.run(async move {
-                    let Registered {
-                        registration,
-                        mut peer,
-                        counter,
-                        waker,
-                        _ours,
-                    } = registered_pair();
-                    let cx = Context::from_waker(&waker);
+                    let mut socket = registered_pair();
+                    let cx = Context::from_waker(&socket.waker);
                     let mut buf = [0u8; 4];
-                    assert!(registration.poll_recv(&cx, &mut buf).is_pending());
-                    peer.write_all(b"x").expect("write");
+                    assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
+                    socket.peer.write_all(b"x").expect("write");
                     assert_eq!(
-                        wait_for_wake(&counter, 0).await,
+                        wait_for_wake(&socket.counter, 0).await,
                         1,
                         "reader not woken on executor {round}"
                     );
