@@ -200,6 +200,8 @@ pub struct Conn {
     writing_capacity: Cell<usize>,
     /// Bytes this connection has charged to the budget.
     charged: Cell<usize>,
+    /// Where the shard last found this connection's session.
+    pub(crate) session_hint: Cell<crate::engine::sessions::SessionHint>,
     /// Whether `charged` is in the active pool rather than the stalled one.
     charged_active: Cell<bool>,
     /// True when the session keeps QoS 1 and 2 messages back until the
@@ -239,6 +241,7 @@ impl Conn {
             counted: Cell::new(true),
             writing_capacity: Cell::new(0),
             charged: Cell::new(0),
+            session_hint: Cell::default(),
             charged_active: Cell::new(true),
             held_back: Cell::new(false),
         }

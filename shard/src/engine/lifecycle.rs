@@ -171,7 +171,7 @@ impl ShardState {
         client_id: &Arc<str>,
         conn: &Rc<Conn>,
     ) -> Result<&mut Session, CloseRequest> {
-        match self.sessions.get_mut(client_id) {
+        match self.sessions.get_mut_hinted(client_id, &conn.session_hint) {
             Some(session) if session.conn.as_ref().is_some_and(|c| Rc::ptr_eq(c, conn)) => {
                 Ok(session)
             }

@@ -32,7 +32,7 @@ mod durability;
 mod lifecycle;
 mod packets;
 mod routing;
-mod sessions;
+pub(crate) mod sessions;
 mod subscriptions;
 
 /// Hops a shared-subscription message may take between shards looking for
@@ -273,7 +273,9 @@ impl Shard {
             let mut state = self.state.borrow_mut();
             let now = Instant::now();
             match msg {
-                ShardMsg::Publish(publication) => state.deliver_local(&publication, now),
+                ShardMsg::Publish(publication) => {
+                    state.deliver_local(&publication, now);
+                }
                 ShardMsg::SharedPublish {
                     publication,
                     share,

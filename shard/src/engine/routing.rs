@@ -39,23 +39,30 @@ impl ShardState {
             }
         }
 
-        let mut targets: u64 = 0;
-        self.interest
-            .for_each_match(&publication.topic, |shard, _| {
-                targets |= 1 << shard;
-            });
-        let matched = targets != 0;
-        for shard in 0..self.shards {
-            if targets & (1 << shard) == 0 {
-                continue;
+        // With one shard, the interest trie holds the same filters as the
+        // subscriptions, so matching while delivering gives the result.
+        let matched = if self.shards == 1 {
+            self.deliver_local(publication, now)
+        } else {
+            let mut targets: u64 = 0;
+            self.interest
+                .for_each_match(&publication.topic, |shard, _| {
+                    targets |= 1 << shard;
+                });
+            for shard in 0..self.shards {
+                if targets & (1 << shard) == 0 {
+                    continue;
+                }
+                if shard == self.id {
+                    self.deliver_local(publication, now);
+                } else {
+                    outbox.send(shard, ShardMsg::Publish(publication.clone()));
+                }
             }
-            if shard == self.id {
-                self.deliver_local(publication, now);
-            } else {
-                outbox.send(shard, ShardMsg::Publish(publication.clone()));
-            }
-        }
-        let shared = self.route_shared(publication, now, outbox);
+            targets != 0
+        };
+        let shared =
+            !self.shared_interest.is_empty() && self.route_shared(publication, now, outbox);
         matched || shared
     }
 
@@ -98,8 +105,9 @@ impl ShardState {
     }
 
     /// Delivers to every local session with a matching (non-shared)
-    /// subscription, one copy per session.
-    pub(super) fn deliver_local(&mut self, publication: &Arc<Publication>, now: Instant) {
+    /// subscription, one copy per session. Returns true when a subscription
+    /// matched, even one that `no_local` kept from getting the message.
+    pub(super) fn deliver_local(&mut self, publication: &Arc<Publication>, now: Instant) -> bool {
         let ShardState {
             subscriptions,
             sessions,
@@ -110,7 +118,9 @@ impl ShardState {
         // Sessions with several subscriptions may match more than once;
         // their copies are merged here and sent after the others.
         let mut merged: HashMap<&Arc<str>, Delivery> = HashMap::new();
+        let mut matched = false;
         subscriptions.for_each_match(&publication.topic, |client_id, route| {
+            matched = true;
             let subscription = &route.subscription;
             let options = subscription.options;
             if options.no_local && publication.publisher.as_deref() == Some(&**client_id) {
@@ -155,6 +165,7 @@ impl ShardState {
                 session.offer(delivery, limits, now, &mut frames);
             }
         }
+        matched
     }
 
     /// Delivers to one local member of `share`, preferring connected ones;

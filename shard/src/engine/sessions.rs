@@ -39,7 +39,7 @@ struct Slot {
 /// The slot a route last found its session in, with the slot's generation
 /// at that time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct SessionHint {
+pub(crate) struct SessionHint {
     slot: u32,
     generation: u64,
 }
