@@ -45,6 +45,26 @@ CONNECTED_LINE = re.compile(r'\bconnected client_id="?([^"\s]+)"?[^\n]*?\sshard=
 HANDOFF_LOG_FILTER = "info,coremq::connection=debug"
 HANDOFF_LINE = re.compile(r"handing the connection to its owner shard")
 
+# Largest number of extra clients a test connects when none of its own was handed over.
+MAX_HANDOFF_PROBES = 20
+
+
+def assert_handed_over(broker, connect_probe) -> None:
+    """Fail unless the broker handed at least one connection to its owner shard.
+
+    SO_REUSEPORT picks the accepting shard by a hash of each connection's addresses,
+    which acts at random, so all 12 clients of a test land on their owner shards in
+    about one run in 4,096. Before failing, this
+    calls connect_probe(index) for up to MAX_HANDOFF_PROBES more clients. Each
+    probe must connect a new client on the same listener and check that it works.
+    """
+    for index in range(MAX_HANDOFF_PROBES + 1):
+        if HANDOFF_LINE.search(broker.log_text()):
+            return
+        if index < MAX_HANDOFF_PROBES:
+            connect_probe(index)
+    raise AssertionError(f"no connection was handed over, after {MAX_HANDOFF_PROBES} extra clients")
+
 BROKERS_KEY = pytest.StashKey[list]()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HANDOFF_LINE, HANDOFF_LOG_FILTER, Broker, tail
+from conftest import HANDOFF_LOG_FILTER, Broker, assert_handed_over, tail
 from mqtt_clients import BOTH_VERSIONS
 from tls_certs import Pki, make_test_pki
 
@@ -156,7 +156,15 @@ def test_paho_tls_pubsub_across_shards(broker_factory, mqtt, monkeypatch, pki):
         assert client.next_message().payload == b"to all"
     shards = broker.wait_for_client_shards(client_ids)
     assert set(shards.values()) == {0, 1}, f"all clients on one shard: {shards}"
-    assert HANDOFF_LINE.search(broker.log_text()), "no connection was handed over"
+
+    def probe(index: int) -> None:
+        client = mqtt(tls, f"tls-probe-{index}", 5, tls_context=context)
+        client.connect()
+        client.subscribe("tls/probe", qos=1)
+        client.publish("tls/probe", f"probe {index}", qos=1)
+        assert client.next_message().payload == f"probe {index}".encode()
+
+    assert_handed_over(broker, probe)
 
 
 @pytest.mark.parametrize("version", BOTH_VERSIONS)
@@ -182,7 +190,15 @@ def test_paho_wss_pubsub(broker_factory, mqtt, monkeypatch, pki, version):
         assert [message.payload for message in client.collect(10)] == expected
     shards = broker.wait_for_client_shards(client_ids)
     assert set(shards.values()) == {0, 1}, f"all clients on one shard: {shards}"
-    assert HANDOFF_LINE.search(broker.log_text()), "no connection was handed over"
+
+    def probe(index: int) -> None:
+        client = mqtt(wss, f"wss-probe-{version}-{index}", version, transport="websockets", tls_context=context)
+        client.connect()
+        client.subscribe("wss/probe", qos=1)
+        client.publish("wss/probe", f"probe {index}", qos=1)
+        assert client.next_message().payload == f"probe {index}".encode()
+
+    assert_handed_over(broker, probe)
 
 
 @pytest.mark.parametrize("protocol", ["tls", "wss"])
@@ -202,7 +218,13 @@ def test_client_cert_as_username_after_handoff(broker_factory, mqtt, monkeypatch
 
     for client_id in client_ids:
         broker.wait_for_log(re.compile(rf'client_id="?{client_id}"?[^\n]*username=alice'))
-    assert HANDOFF_LINE.search(broker.log_text()), "no connection was handed over"
+
+    def probe(index: int) -> None:
+        client_id = f"{protocol}-alice-probe-{index}"
+        mqtt(listener, client_id, 5, transport=transport, tls_context=context).connect()
+        broker.wait_for_log(re.compile(rf'client_id="?{client_id}"?[^\n]*username=alice'))
+
+    assert_handed_over(broker, probe)
 
 
 @pytest.mark.parametrize("version", BOTH_VERSIONS)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import HANDOFF_LINE, HANDOFF_LOG_FILTER
+from conftest import HANDOFF_LOG_FILTER, assert_handed_over
 from mqtt_clients import BOTH_VERSIONS
 from mqtt_packets import (
     CONNACK,
@@ -130,7 +130,15 @@ def test_paho_websocket_pubsub_across_shards(broker_factory, mqtt, monkeypatch, 
         assert payloads == expected, f"{subscriber.client_id} lost or reordered messages"
     shards = broker.wait_for_client_shards(subscriber_ids + [publisher_id])
     assert set(shards.values()) == {0, 1}, f"all clients on one shard: {shards}"
-    assert HANDOFF_LINE.search(broker.log_text()), "no connection was handed over"
+
+    def probe(index: int) -> None:
+        client = mqtt(ws, f"ws-probe-{version}-{index}", version, transport="websockets", ws_path=ws.path)
+        client.connect()
+        assert client.subscribe("ws/probe", qos=1) == [1]
+        client.publish("ws/probe", f"probe {index}", qos=1)
+        assert client.next_message().payload == f"probe {index}".encode()
+
+    assert_handed_over(broker, probe)
 
 
 def test_websocket_and_tcp_clients_exchange(broker_factory, mqtt):
