@@ -54,9 +54,9 @@ def assert_handed_over(broker, connect_probe) -> None:
 
     SO_REUSEPORT picks the accepting shard by a hash of each connection's addresses,
     which acts at random, so all 12 clients of a test land on their owner shards in
-    about one run in 4,096. Before failing, this
-    calls connect_probe(index) for up to MAX_HANDOFF_PROBES more clients. Each
-    probe must connect a new client on the same listener and check that it works.
+    about one run in 4,096. Before failing, this calls connect_probe(index) for up
+    to MAX_HANDOFF_PROBES more clients. Each probe must connect a new client on the
+    same listener and check that it works.
     """
     for index in range(MAX_HANDOFF_PROBES + 1):
         if HANDOFF_LINE.search(broker.log_text()):
