@@ -40,6 +40,16 @@ impl Broker {
     /// Panics when the binary is missing, does not start, or does not log
     /// its listening address within 10 s.
     pub fn start(extra_args: &[&str]) -> Broker {
+        Broker::start_with_log_filter(extra_args, None)
+    }
+
+    /// Starts the broker as [`Broker::start`] does, with `log_filter` as
+    /// its `RUST_LOG` when given, so that a test can wait for debug lines.
+    ///
+    /// # Panics
+    ///
+    /// Panics as [`Broker::start`] does.
+    pub fn start_with_log_filter(extra_args: &[&str], log_filter: Option<&str>) -> Broker {
         let mut args: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
         if !extra_args.contains(&"--shards") {
             args.push("--shards".into());
@@ -52,7 +62,7 @@ impl Broker {
             args.push("memory".into());
         }
         args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        Broker::with_args(&args)
+        Broker::spawn(&args, log_filter)
     }
 
     /// Starts the broker with exactly `args`, which must make it listen on
@@ -62,6 +72,10 @@ impl Broker {
     ///
     /// Panics as [`Broker::start`] does.
     pub fn with_args<S: AsRef<str>>(args: &[S]) -> Broker {
+        Broker::spawn(args, None)
+    }
+
+    fn spawn<S: AsRef<str>>(args: &[S], log_filter: Option<&str>) -> Broker {
         let args: Vec<String> = args.iter().map(|arg| arg.as_ref().to_string()).collect();
         let binary = broker_binary();
         let mut command = Command::new(&binary);
@@ -71,7 +85,9 @@ impl Broker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("NO_COLOR", "1");
-        if std::env::var_os("RUST_LOG").is_none() {
+        if let Some(filter) = log_filter {
+            command.env("RUST_LOG", filter);
+        } else if std::env::var_os("RUST_LOG").is_none() {
             // Tests read the INFO lines (listening address, client shard).
             command.env("RUST_LOG", "info");
         }
