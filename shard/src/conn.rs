@@ -200,7 +200,7 @@ pub struct Conn {
     writing_capacity: Cell<usize>,
     /// Bytes this connection has charged to the budget.
     charged: Cell<usize>,
-    /// Where the shard last found this connection's session.
+    /// Slot of this connection's session at the shard's last lookup.
     pub(crate) session_hint: Cell<crate::engine::sessions::SessionHint>,
     /// Whether `charged` is in the active pool rather than the stalled one.
     charged_active: Cell<bool>,

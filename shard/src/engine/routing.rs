@@ -39,7 +39,7 @@ impl ShardState {
             }
         }
 
-        // With one shard, the interest trie holds the same filters as the
+        // With one shard, the interest trie contains the same filters as the
         // subscriptions, so matching while delivering gives the result.
         let matched = if self.shards == 1 {
             self.deliver_local(publication, now)
