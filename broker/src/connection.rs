@@ -7,10 +7,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -29,6 +31,7 @@ use crate::config::Config;
 use crate::linger::FlushClock;
 use crate::listener::{Endpoint, Transport};
 use crate::login::{self, Reauthentication};
+use crate::transport::readiness::{self, ReadHook};
 use crate::transport::split::{split, ReadHalf, WriteHalf};
 
 /// Time a new connection has to send its CONNECT.
@@ -605,8 +608,8 @@ async fn read_loop(
     context: &ConnectionContext,
     conn: &Rc<Conn>,
     client_id: &Arc<str>,
-    mut reader: ReadHalf<Transport>,
-    mut buffer: BytesMut,
+    reader: ReadHalf<Transport>,
+    buffer: BytesMut,
     keep_alive: Option<Duration>,
     reauthentication: &mut Reauthentication<'_>,
 ) -> Ending {
@@ -628,30 +631,56 @@ async fn read_loop(
             limit,
         ))
     });
-    let mut decoder = Decoder {
-        context: decode_context,
-        aliases: HashMap::new(),
-        publishes: Vec::new(),
-        last_read,
-    };
+    let reading = Rc::new(Reading {
+        shard: context.shard.clone(),
+        read_chunk: context.read_chunk.clone(),
+        conn: conn.clone(),
+        client_id: client_id.clone(),
+        waiting: Cell::new(false),
+        handed: Cell::new(false),
+        inbox: RefCell::new(Inbox {
+            buffer,
+            decoder: Decoder {
+                context: decode_context,
+                aliases: HashMap::new(),
+                publishes: Vec::new(),
+                last_read,
+            },
+            pending: None,
+            ending: None,
+        }),
+    });
+    let _hook = HookGuard::install(&reader, &reading);
     // Whether the last read found its data ready, without waiting.
     let mut read_at_once = false;
     loop {
+        // What the readiness task started goes first, then the end it
+        // found, if any.
+        if let Some(ending) = reading.finish_pending().await {
+            return ending;
+        }
+
         // Each step's future is built and boxed by the decoder, so that no
         // decoded packet is part of this long-lived future.
         loop {
-            let handling =
-                match decoder.next(context, conn, client_id, &mut buffer, reauthentication) {
-                    Decoded::NeedMore => break,
-                    Decoded::Handle(handling) => handling,
-                    Decoded::End(None, ending) => return ending,
-                    Decoded::End(Some(handling), ending) => {
-                        if let Err(close) = handling.await {
-                            return Ending::Server(close.reason);
-                        }
-                        return ending;
+            let decoded = {
+                let mut inbox = reading.inbox.borrow_mut();
+                let Inbox {
+                    buffer, decoder, ..
+                } = &mut *inbox;
+                decoder.next(context, conn, client_id, buffer, reauthentication)
+            };
+            let handling = match decoded {
+                Decoded::NeedMore => break,
+                Decoded::Handle(handling) => handling,
+                Decoded::End(None, ending) => return ending,
+                Decoded::End(Some(handling), ending) => {
+                    if let Err(close) = handling.await {
+                        return Ending::Server(close.reason);
                     }
-                };
+                    return ending;
+                }
+            };
             if let Err(close) = handling.await {
                 return Ending::Server(close.reason);
             }
@@ -669,32 +698,26 @@ async fn read_loop(
             future::yield_now().await;
         }
 
-        // An empty buffer gives its memory back: an idle connection then
-        // keeps none, and a busy one pays one allocation per read. A buffer
-        // left with a small part of a packet moves it to a buffer of its
-        // size, so that a publisher's buffer does not keep the capacity of
-        // its largest read.
-        if buffer.is_empty() {
-            buffer = BytesMut::new();
-        } else if buffer.capacity() > 2 * buffer.len() + MIN_SPARE_READ_CAPACITY {
-            buffer = BytesMut::from(&buffer[..]);
-        }
+        reading.inbox.borrow_mut().trim_buffer();
         let read = async {
             ReadEvent::Data(
                 ReadAppend {
-                    reader: &mut reader,
-                    chunk: &context.read_chunk,
-                    buffer: &mut buffer,
+                    reader: &reader,
+                    reading: &reading,
                     waited: false,
                 }
                 .await,
             )
         };
         let closed = async { ReadEvent::CloseRequested(conn.closed().await) };
-        match future::or(read, closed).await {
-            ReadEvent::Data((Ok(0), _)) => return Ending::Eof,
-            ReadEvent::Data((Ok(_), waited)) => read_at_once = !waited,
-            ReadEvent::Data((Err(error), _)) => {
+        reading.waiting.set(true);
+        let event = future::or(read, closed).await;
+        reading.waiting.set(false);
+        match event {
+            ReadEvent::Data(Read::Handed) => read_at_once = false,
+            ReadEvent::Data(Read::Bytes(Ok(0), _)) => return Ending::Eof,
+            ReadEvent::Data(Read::Bytes(Ok(_), waited)) => read_at_once = !waited,
+            ReadEvent::Data(Read::Bytes(Err(error), _)) => {
                 if error.kind() == std::io::ErrorKind::InvalidData {
                     info!(client_id = %client_id, peer = %conn.peer, %error, "invalid transport data; closing");
                 } else {
@@ -702,7 +725,12 @@ async fn read_loop(
                 }
                 return Ending::ReadFailed;
             }
-            ReadEvent::CloseRequested(request) => return Ending::Server(request.reason),
+            ReadEvent::CloseRequested(request) => {
+                // A step the readiness task started may hold a QoS 2
+                // message between its record and its routing: finish it.
+                let _ = reading.finish_pending().await;
+                return Ending::Server(request.reason);
+            }
         }
     }
 }
@@ -718,6 +746,227 @@ enum Decoded<'a> {
     Handle(Handling<'a>),
     /// Run this step, if any, then end the connection.
     End(Option<Handling<'a>>, Ending),
+}
+
+/// What [`Decoder::step`] found in the buffer. It lives only until its
+/// caller builds the step's future, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// Everything read so far is decoded: read more.
+    NeedMore,
+    /// PUBLISH packets to hand to the shard as one batch.
+    Publishes(Vec<Publish>),
+    /// A packet of another type, for the shard.
+    Other(Packet),
+    /// The next packet is not a PUBLISH, and the caller decodes only those.
+    NotPublish,
+    /// End the connection with this reason, after the PUBLISH packets.
+    End(Vec<Publish>, Option<ReasonCode>),
+}
+
+/// A connection's reading state, shared by its reader task and, over plain
+/// TCP, the shard's readiness task. While the reader waits for the socket,
+/// the readiness task reads it and hands PUBLISH packets to the shard
+/// itself (see [`ReadHook`]). That saves a task wake-up and poll per read
+/// when many clients each send a little. The reader wakes for the rest:
+/// other packet types, a step that must wait, the end of the stream.
+struct Reading {
+    shard: Shard,
+    read_chunk: Rc<RefCell<Vec<u8>>>,
+    conn: Rc<Conn>,
+    client_id: Arc<str>,
+    /// The reader waits for the socket and does nothing else, so the
+    /// readiness task may read and decode for it.
+    waiting: Cell<bool>,
+    /// The readiness task read for the reader and woke it.
+    handed: Cell<bool>,
+    inbox: RefCell<Inbox>,
+}
+
+/// What a connection read and has not handled yet.
+struct Inbox {
+    /// Bytes read and not yet decoded.
+    buffer: BytesMut,
+    decoder: Decoder,
+    /// A step the readiness task started that must wait: the reader
+    /// finishes it before it decodes anything more.
+    pending: Option<Handling<'static>>,
+    /// How the connection ends, found by the readiness task.
+    ending: Option<Ending>,
+}
+
+impl Inbox {
+    /// An empty buffer gives its memory back: an idle connection then
+    /// keeps none, and a busy one pays one allocation per read. A buffer
+    /// left with a small part of a packet moves it to a buffer of its
+    /// size, so that a publisher's buffer does not keep the capacity of
+    /// its largest read.
+    fn trim_buffer(&mut self) {
+        if self.buffer.is_empty() {
+            self.buffer = BytesMut::new();
+        } else if self.buffer.capacity() > 2 * self.buffer.len() + MIN_SPARE_READ_CAPACITY {
+            self.buffer = BytesMut::from(&self.buffer[..]);
+        }
+    }
+}
+
+impl Reading {
+    /// Waits for the step the readiness task left, if any, and returns the
+    /// end it found or the step's failure.
+    async fn finish_pending(&self) -> Option<Ending> {
+        let pending = self.inbox.borrow_mut().pending.take();
+        if let Some(handling) = pending {
+            if let Err(close) = handling.await {
+                return Some(Ending::Server(close.reason));
+            }
+        }
+        self.inbox.borrow_mut().ending.take()
+    }
+
+    /// Reads once from the socket `fd` into the inbox. Returns whether the
+    /// socket was read empty; at its end, or when the read fails, it
+    /// records how the connection ends.
+    fn read_into(&self, fd: RawFd, inbox: &mut Inbox) -> bool {
+        let mut chunk = self.read_chunk.borrow_mut();
+        match readiness::recv(fd, &mut chunk) {
+            Ok(0) => {
+                inbox.ending = Some(Ending::Eof);
+                true
+            }
+            Ok(read) => {
+                inbox.buffer.extend_from_slice(&chunk[..read]);
+                read < chunk.len()
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => true,
+            Err(error) => {
+                debug!(client_id = %self.client_id, peer = %self.conn.peer, %error, "read failed");
+                inbox.ending = Some(Ending::ReadFailed);
+                true
+            }
+        }
+    }
+
+    /// Runs `handling` as far as it goes without waiting. Returns true
+    /// when it must wait, kept for the reader, or failed.
+    fn start(&self, inbox: &mut Inbox, mut handling: Handling<'static>) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match handling.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(())) => false,
+            Poll::Ready(Err(close)) => {
+                inbox.ending = Some(Ending::Server(close.reason));
+                true
+            }
+            Poll::Pending => {
+                inbox.pending = Some(handling);
+                true
+            }
+        }
+    }
+
+    fn publishes(self: &Rc<Self>, batch: Vec<Publish>) -> Handling<'static> {
+        let reading = self.clone();
+        Box::pin(async move {
+            reading
+                .shard
+                .handle_publishes(&reading.conn, &reading.client_id, batch)
+                .await
+        })
+    }
+}
+
+impl ReadHook for Reading {
+    fn readable(self: Rc<Self>, fd: RawFd) -> bool {
+        if !self.waiting.get() {
+            return true;
+        }
+        let mut inbox = self.inbox.borrow_mut();
+        let read_empty = self.read_into(fd, &mut inbox);
+        let wake_reader = inbox.ending.is_some() || self.decode_publishes(&mut inbox);
+        if wake_reader || !read_empty {
+            self.handed.set(true);
+            return true;
+        }
+        false
+    }
+}
+
+impl Reading {
+    /// Decodes and hands PUBLISH packets to the shard until the buffer
+    /// holds no whole packet or one of another type. Returns true when the
+    /// reader must run.
+    fn decode_publishes(self: &Rc<Self>, inbox: &mut Inbox) -> bool {
+        loop {
+            let Inbox {
+                buffer, decoder, ..
+            } = &mut *inbox;
+            match decoder.step(buffer, &self.conn, &self.client_id, None) {
+                Step::NeedMore => return false,
+                Step::NotPublish => return true,
+                Step::Publishes(batch) => {
+                    let handling = self.publishes(batch);
+                    if self.start(inbox, handling) {
+                        return true;
+                    }
+                }
+                Step::Other(packet) => {
+                    // Not reached: without AUTH handling, the decoder stops
+                    // before any packet that is not a PUBLISH.
+                    let reading = self.clone();
+                    let handling: Handling<'static> = Box::pin(async move {
+                        reading
+                            .shard
+                            .handle_packet(&reading.conn, &reading.client_id, packet)
+                            .await
+                    });
+                    self.start(inbox, handling);
+                    return true;
+                }
+                Step::End(batch, reason) => {
+                    if !batch.is_empty() {
+                        let handling = self.publishes(batch);
+                        self.start(inbox, handling);
+                    }
+                    // A failed step has set its own ending.
+                    inbox.ending.get_or_insert(Ending::Server(reason));
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// Gives the socket's readiness set the connection's [`Reading`] as its
+/// hook, and takes it back on drop.
+struct HookGuard<'a> {
+    reader: &'a ReadHalf<Transport>,
+    reading: Rc<Reading>,
+}
+
+impl<'a> HookGuard<'a> {
+    fn install(reader: &'a ReadHalf<Transport>, reading: &Rc<Reading>) -> HookGuard<'a> {
+        reader.with_stream(|stream| {
+            if let Some(registration) = stream.readiness() {
+                registration.set_hook(Some(reading.clone() as Rc<dyn ReadHook>));
+            }
+        });
+        HookGuard {
+            reader,
+            reading: reading.clone(),
+        }
+    }
+}
+
+impl Drop for HookGuard<'_> {
+    fn drop(&mut self) {
+        self.reading.waiting.set(false);
+        self.reader.with_stream(|stream| {
+            if let Some(registration) = stream.readiness() {
+                registration.set_hook(None);
+            }
+        });
+        // A step left for the reader holds the `Reading`.
+        self.reading.inbox.borrow_mut().pending = None;
+    }
 }
 
 /// The reader's decoding state: what it needs between reads.
@@ -745,27 +994,54 @@ impl Decoder {
         buffer: &mut BytesMut,
         reauthentication: &mut Reauthentication<'_>,
     ) -> Decoded<'a> {
+        let publishes = |batch| -> Handling<'a> {
+            Box::pin(context.shard.handle_publishes(conn, client_id, batch))
+        };
+        match self.step(buffer, conn, client_id, Some(reauthentication)) {
+            Step::NeedMore | Step::NotPublish => Decoded::NeedMore,
+            Step::Publishes(batch) => Decoded::Handle(publishes(batch)),
+            Step::Other(packet) => Decoded::Handle(Box::pin(
+                context.shard.handle_packet(conn, client_id, packet),
+            )),
+            Step::End(batch, reason) => Decoded::End(
+                (!batch.is_empty()).then(|| publishes(batch)),
+                Ending::Server(reason),
+            ),
+        }
+    }
+
+    /// Decodes packets from `buffer` until one needs the shard. Without
+    /// `reauthentication`, it stops before any packet that is not a
+    /// PUBLISH and leaves it in `buffer`.
+    fn step(
+        &mut self,
+        buffer: &mut BytesMut,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
+        mut reauthentication: Option<&mut Reauthentication<'_>>,
+    ) -> Step {
         loop {
             // Collected PUBLISH packets go first when the batch is full or
             // the next packet is of another type, so packets are handled
             // in the order they came.
-            let batch_ends = self.publishes.len() >= MAX_PUBLISH_BATCH
-                || buffer.first().is_some_and(|byte| byte >> 4 != PUBLISH_TYPE);
+            let other_type = buffer.first().is_some_and(|byte| byte >> 4 != PUBLISH_TYPE);
+            let batch_ends = self.publishes.len() >= MAX_PUBLISH_BATCH || other_type;
             if batch_ends && !self.publishes.is_empty() {
-                return Decoded::Handle(self.take_publishes(context, conn, client_id));
+                return Step::Publishes(std::mem::take(&mut self.publishes));
+            }
+            if other_type && reauthentication.is_none() {
+                return Step::NotPublish;
             }
             let packet = match decode(buffer, &self.context) {
                 Ok(Some(packet)) => packet,
-                Ok(None) if self.publishes.is_empty() => return Decoded::NeedMore,
-                Ok(None) => {
-                    return Decoded::Handle(self.take_publishes(context, conn, client_id));
-                }
+                Ok(None) if self.publishes.is_empty() => return Step::NeedMore,
+                Ok(None) => return Step::Publishes(std::mem::take(&mut self.publishes)),
                 Err(error) => {
                     // A protocol violation ends the connection, but only
                     // after the PUBLISH packets collected before it are
                     // handled.
                     warn!(client_id = %client_id, peer = %conn.peer, %error, "protocol violation; closing");
-                    return self.end(context, conn, client_id, Some(error.reason_code()));
+                    return self.end(Some(error.reason_code()));
                 }
             };
             // Keep alive counts whole packets, so a client that trickles
@@ -776,77 +1052,68 @@ impl Decoder {
                     Ok(publish) => self.publishes.push(publish),
                     Err(reason) => {
                         warn!(client_id = %client_id, peer = %conn.peer, "PUBLISH with an empty topic and no known topic alias; closing");
-                        return self.end(context, conn, client_id, Some(reason));
+                        return self.end(Some(reason));
                     }
                 },
                 Packet::Auth(auth) => {
+                    let reauthentication = reauthentication
+                        .as_deref_mut()
+                        .expect("only a PUBLISH is decoded without reauthentication");
                     if let Err(reason) = reauthentication.handle(conn, client_id, auth) {
-                        return self.end(context, conn, client_id, Some(reason));
+                        return self.end(Some(reason));
                     }
                 }
-                packet => {
-                    return Decoded::Handle(Box::pin(
-                        context.shard.handle_packet(conn, client_id, packet),
-                    ));
-                }
+                packet => return Step::Other(packet),
             }
         }
     }
 
     /// Ends the connection with `reason`, after the collected PUBLISH
     /// packets.
-    fn end<'a>(
-        &mut self,
-        context: &'a ConnectionContext,
-        conn: &'a Rc<Conn>,
-        client_id: &'a Arc<str>,
-        reason: Option<ReasonCode>,
-    ) -> Decoded<'a> {
-        let handling =
-            (!self.publishes.is_empty()).then(|| self.take_publishes(context, conn, client_id));
-        Decoded::End(handling, Ending::Server(reason))
-    }
-
-    /// Hands the collected PUBLISH packets to the shard. This costs one
-    /// allocation per batch.
-    fn take_publishes<'a>(
-        &mut self,
-        context: &'a ConnectionContext,
-        conn: &'a Rc<Conn>,
-        client_id: &'a Arc<str>,
-    ) -> Handling<'a> {
-        let batch = std::mem::take(&mut self.publishes);
-        Box::pin(context.shard.handle_publishes(conn, client_id, batch))
+    fn end(&mut self, reason: Option<ReasonCode>) -> Step {
+        Step::End(std::mem::take(&mut self.publishes), reason)
     }
 }
 
-/// Reads once from `reader` into the shard's shared `chunk` and appends
-/// what arrived to `buffer`. The chunk is borrowed only within a poll, so
-/// all the shard's readers can use it. Also returns whether the read had
-/// to wait for data.
+/// Reads once from `reader` into the shard's shared read chunk and appends
+/// what arrived to the inbox's buffer. The chunk and the inbox are
+/// borrowed only within a poll, so all the shard's readers can use the
+/// chunk, and the readiness task can read for this reader while it waits.
+/// Also returns whether the read had to wait for data.
 struct ReadAppend<'a, R> {
-    reader: &'a mut R,
-    chunk: &'a RefCell<Vec<u8>>,
-    buffer: &'a mut BytesMut,
+    reader: &'a ReadHalf<R>,
+    reading: &'a Reading,
     waited: bool,
 }
 
+/// What ended one read of the reader.
+enum Read {
+    /// The read's result, and whether it had to wait for data.
+    Bytes(std::io::Result<usize>, bool),
+    /// The readiness task read for the reader and left work to it.
+    Handed,
+}
+
 impl<R: futures_lite::AsyncRead + Unpin> std::future::Future for ReadAppend<'_, R> {
-    type Output = (std::io::Result<usize>, bool);
+    type Output = Read;
 
     fn poll(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let this = self.get_mut();
-        let mut chunk = this.chunk.borrow_mut();
-        let result = std::pin::Pin::new(&mut *this.reader).poll_read(cx, &mut chunk);
+        if this.reading.handed.replace(false) {
+            return Poll::Ready(Read::Handed);
+        }
+        let mut chunk = this.reading.read_chunk.borrow_mut();
+        let result = this.reader.poll_read_shared(cx, &mut chunk);
         match result {
             std::task::Poll::Ready(result) => {
                 if let Ok(n) = result {
-                    this.buffer.extend_from_slice(&chunk[..n]);
+                    let mut inbox = this.reading.inbox.borrow_mut();
+                    inbox.buffer.extend_from_slice(&chunk[..n]);
                 }
-                std::task::Poll::Ready((result, this.waited))
+                std::task::Poll::Ready(Read::Bytes(result, this.waited))
             }
             std::task::Poll::Pending => {
                 this.waited = true;
@@ -858,8 +1125,7 @@ impl<R: futures_lite::AsyncRead + Unpin> std::future::Future for ReadAppend<'_, 
 
 /// What ended one wait of the reader.
 enum ReadEvent {
-    /// A read's result, and whether it had to wait for data.
-    Data((std::io::Result<usize>, bool)),
+    Data(Read),
     CloseRequested(CloseRequest),
 }
 

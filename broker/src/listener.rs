@@ -16,6 +16,7 @@ use thiserror::Error;
 use crate::config::{
     ListenerConfig, ListenerProtocol, DEFAULT_HANDSHAKE_TIMEOUT_SECS, DEFAULT_WS_PATH,
 };
+use crate::transport::readiness::Registration;
 use crate::transport::tcp::{SharedTcpStream, TcpConn};
 use crate::transport::tls::{accept_tls, TlsConfig, TlsError, TlsHandoff, TlsStream};
 use crate::transport::ws::{accept_ws, WsConfig, WsError, WsHandoff, WsStream};
@@ -140,6 +141,15 @@ pub enum TransportState {
 }
 
 impl Transport {
+    /// Returns the socket's place in the shard's readiness set when MQTT
+    /// bytes come straight from it: plain TCP, not TLS or WebSocket.
+    pub fn readiness(&self) -> Option<&Registration> {
+        match self {
+            Transport::Tcp(conn) => conn.registration(),
+            _ => None,
+        }
+    }
+
     /// Runs the TLS handshake and the WebSocket upgrade that `endpoint`
     /// calls for on a newly accepted TCP connection. A `tcp` endpoint
     /// returns the stream unchanged.

@@ -11,6 +11,12 @@
 //! sockets that become readable queue up in the set without waking
 //! anything, and one `epoll_wait` picks them all up.
 //!
+//! A connection may also give its socket a [`ReadHook`]: while its reader
+//! waits, the readiness task then reads and handles the socket's data
+//! itself, and wakes the reader only for what the hook leaves to it. With
+//! 1,000 publishers that each send a message every 10 ms, that saves a
+//! task wake-up and poll per message.
+//!
 //! Writes still go through glommio: they rarely wait.
 
 use std::cell::{Cell, RefCell};
@@ -42,13 +48,33 @@ thread_local! {
         .ok();
 }
 
+/// Reading done by the readiness task for a socket whose reader waits.
+pub trait ReadHook {
+    /// Called when the set reports the socket readable while its reader
+    /// waits for it; [`recv`] reads it. Returns true when the reader must
+    /// run: the socket may still hold data, or the hook left work to the
+    /// reader. Returns false when the hook read the socket empty and
+    /// handled all of it.
+    fn readable(self: Rc<Self>, fd: RawFd) -> bool;
+}
+
 /// One shard's epoll set and the state of each socket in it.
 struct ReadinessSet {
     epoll: OwnedFd,
     slots: RefCell<Slots>,
+    /// Hooks to call in the current pass, kept to reuse its memory.
+    hooked: RefCell<Vec<HookCall>>,
     /// The executor whose task waits for the set. Another executor that
     /// runs on this thread later starts its own.
     waiting: Cell<Option<usize>>,
+}
+
+/// A hook to call for a reported socket, with the slot it was found in.
+struct HookCall {
+    index: u32,
+    generation: u32,
+    fd: RawFd,
+    hook: Rc<dyn ReadHook>,
 }
 
 /// Sockets of the set, by index. The epoll event of a socket carries its
@@ -63,11 +89,14 @@ struct Slots {
 #[derive(Default)]
 struct Slot {
     generation: u32,
+    fd: RawFd,
     /// Data may be waiting: the socket has not been read empty since the
     /// set last reported it.
     ready: bool,
     /// The task that waits for the socket to become readable.
     waker: Option<Waker>,
+    /// Reads for the waiting task, if the connection set one.
+    hook: Option<Rc<dyn ReadHook>>,
 }
 
 impl ReadinessSet {
@@ -82,6 +111,7 @@ impl ReadinessSet {
             // SAFETY: `fd` was just created and nothing else owns it.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             slots: RefCell::default(),
+            hooked: RefCell::default(),
             waiting: Cell::new(None),
         }))
     }
@@ -102,8 +132,10 @@ impl ReadinessSet {
             let slot = &mut slots.entries[index as usize];
             slot.generation = slot.generation.wrapping_add(1);
             // A new socket may already hold data: read before waiting.
+            slot.fd = fd;
             slot.ready = true;
             slot.waker = None;
+            slot.hook = None;
             (index, slot.generation)
         };
         let mut event = libc::epoll_event {
@@ -140,6 +172,7 @@ impl ReadinessSet {
         let slot = &mut slots.entries[index as usize];
         slot.ready = false;
         slot.waker = None;
+        slot.hook = None;
         slots.free.push(index);
     }
 
@@ -214,27 +247,86 @@ impl ReadinessSet {
         }
     }
 
+    /// Marks the reported sockets readable. A socket whose reader waits
+    /// and that has a hook is handed to the hook; other readers wake.
     fn wake(&self, events: &[libc::epoll_event]) {
-        let mut slots = self.slots.borrow_mut();
-        for event in events {
-            let token = event.u64;
-            let (index, generation) = ((token & u64::from(u32::MAX)) as u32, (token >> 32) as u32);
+        let mut hooked = std::mem::take(&mut *self.hooked.borrow_mut());
+        {
+            let mut slots = self.slots.borrow_mut();
+            for event in events {
+                let (index, generation) = split_token(event.u64);
+                let Some(slot) = slots.entries.get_mut(index as usize) else {
+                    continue;
+                };
+                if slot.generation != generation {
+                    continue;
+                }
+                slot.ready = true;
+                match &slot.hook {
+                    Some(hook) if slot.waker.is_some() => {
+                        hooked.push(HookCall {
+                            index,
+                            generation,
+                            fd: slot.fd,
+                            hook: hook.clone(),
+                        });
+                    }
+                    _ => {
+                        if let Some(waker) = slot.waker.take() {
+                            waker.wake();
+                        }
+                    }
+                }
+            }
+        }
+        // Hooks run with the slots released: handling a socket's data may
+        // open or close other sockets of the set. A socket that left the
+        // set meanwhile is skipped, as its descriptor may now be another's.
+        for HookCall {
+            index,
+            generation,
+            fd,
+            hook,
+        } in hooked.drain(..)
+        {
+            if !self.holds(index, generation) {
+                continue;
+            }
+            let wake_reader = hook.readable(fd);
+            let mut slots = self.slots.borrow_mut();
             let Some(slot) = slots.entries.get_mut(index as usize) else {
                 continue;
             };
             if slot.generation != generation {
                 continue;
             }
-            slot.ready = true;
-            if let Some(waker) = slot.waker.take() {
-                waker.wake();
+            slot.ready = wake_reader;
+            if wake_reader {
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
             }
         }
+        *self.hooked.borrow_mut() = hooked;
+    }
+
+    /// Returns whether the socket of this slot and generation is still in
+    /// the set with its hook.
+    fn holds(&self, index: u32, generation: u32) -> bool {
+        let slots = self.slots.borrow();
+        slots
+            .entries
+            .get(index as usize)
+            .is_some_and(|slot| slot.generation == generation && slot.hook.is_some())
     }
 }
 
 fn token(index: u32, generation: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(index)
+}
+
+fn split_token(token: u64) -> (u32, u32) {
+    ((token & u64::from(u32::MAX)) as u32, (token >> 32) as u32)
 }
 
 /// A socket's place in its shard's readiness set. Dropping it removes the
@@ -266,44 +358,38 @@ impl Registration {
         }
     }
 
+    /// Lets the shard's readiness task read for the socket's reader while
+    /// the reader waits (see [`ReadHook`]), or stops it with `None`.
+    pub fn set_hook(&self, hook: Option<Rc<dyn ReadHook>>) {
+        let mut slots = self.set.slots.borrow_mut();
+        let slot = &mut slots.entries[self.index as usize];
+        debug_assert_eq!(slot.generation, self.generation);
+        slot.hook = hook;
+    }
+
     /// Reads from the socket into `buf` once it has data, without
     /// blocking the thread.
     pub fn poll_recv(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         if !self.take_ready(cx) {
             return Poll::Pending;
         }
-        loop {
-            // SAFETY: `buf` is valid for `buf.len()` bytes and the socket
-            // is open for as long as its registration lives.
-            let read = unsafe {
-                libc::recv(
-                    self.fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if read >= 0 {
-                let read = read as usize;
+        match recv(self.fd, buf) {
+            Ok(read) => {
                 // A read that did not fill `buf` emptied the socket. With
                 // an edge-triggered set, data that arrives after it is
                 // reported again, so the next read can wait for that.
                 if read < buf.len() && read > 0 {
                     self.set_ready(false);
                 }
-                return Poll::Ready(Ok(read));
+                Poll::Ready(Ok(read))
             }
-            let error = io::Error::last_os_error();
-            match error.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    self.set_ready(false);
-                    // Not ready now, so this stores the task's waker.
-                    self.take_ready(cx);
-                    return Poll::Pending;
-                }
-                _ => return Poll::Ready(Err(error)),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                self.set_ready(false);
+                // Not ready now, so this stores the task's waker.
+                self.take_ready(cx);
+                Poll::Pending
             }
+            Err(error) => Poll::Ready(Err(error)),
         }
     }
 
@@ -324,6 +410,24 @@ impl Registration {
     /// read waits for the set to report the socket.
     fn set_ready(&self, ready: bool) {
         self.set.slots.borrow_mut().entries[self.index as usize].ready = ready;
+    }
+}
+
+/// Reads what the socket `fd` holds into `buf` without waiting: `Ok(0)` at
+/// the end of the stream, `WouldBlock` when it holds nothing.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the caller keeps
+        // `fd` open.
+        let read =
+            unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if read >= 0 {
+            return Ok(read as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
     }
 }
 
@@ -440,6 +544,75 @@ mod tests {
                 socket.registration.poll_recv(&cx, &mut buf),
                 Poll::Ready(Ok(0))
             ));
+        });
+    }
+
+    /// A hook that reads its socket empty into `bytes`, counts its calls,
+    /// and asks for the reader when `wake_reader` is set.
+    #[derive(Default)]
+    struct TestHook {
+        calls: Cell<usize>,
+        wake_reader: Cell<bool>,
+        bytes: RefCell<Vec<u8>>,
+    }
+
+    impl ReadHook for TestHook {
+        fn readable(self: Rc<Self>, fd: RawFd) -> bool {
+            self.calls.set(self.calls.get() + 1);
+            let mut buf = [0u8; 64];
+            loop {
+                match recv(fd, &mut buf) {
+                    Ok(0) => return true,
+                    Ok(read) => self.bytes.borrow_mut().extend_from_slice(&buf[..read]),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return true,
+                }
+            }
+            self.wake_reader.get()
+        }
+    }
+
+    #[test]
+    fn hook_reads_for_a_waiting_reader() {
+        run(|| async {
+            let mut socket = registered_pair();
+            let hook = Rc::new(TestHook::default());
+            socket.registration.set_hook(Some(hook.clone()));
+            let cx = Context::from_waker(&socket.waker);
+            let mut buf = [0u8; 16];
+
+            // The reader waits; the hook reads and handles it all.
+            assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
+            socket.peer.write_all(b"abc").expect("write");
+            for _ in 0..200 {
+                if hook.calls.get() > 0 {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(hook.calls.get(), 1, "hook called");
+            assert_eq!(&hook.bytes.borrow()[..], b"abc");
+            assert_eq!(socket.counter.0.load(Ordering::SeqCst), 0, "reader slept");
+            assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
+
+            // A hook that leaves work wakes the reader.
+            hook.wake_reader.set(true);
+            socket.peer.write_all(b"d").expect("write");
+            assert_eq!(wait_for_wake(&socket.counter, 0).await, 1);
+            assert_eq!(hook.calls.get(), 2);
+            assert_eq!(&hook.bytes.borrow()[..], b"abcd");
+
+            // Without the hook, the reader reads for itself again.
+            socket.registration.set_hook(None);
+            assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
+            socket.peer.write_all(b"e").expect("write");
+            assert_eq!(wait_for_wake(&socket.counter, 1).await, 2);
+            assert!(matches!(
+                socket.registration.poll_recv(&cx, &mut buf),
+                Poll::Ready(Ok(1))
+            ));
+            assert_eq!(buf[0], b'e');
+            assert_eq!(hook.calls.get(), 2, "hook no longer called");
         });
     }
 

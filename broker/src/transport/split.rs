@@ -30,6 +30,24 @@ pub fn split<T>(stream: T) -> (ReadHalf<T>, WriteHalf<T>) {
     (ReadHalf(shared.clone()), WriteHalf(shared))
 }
 
+impl<T> ReadHalf<T> {
+    /// Calls `f` with the stream, which must not be polled meanwhile.
+    pub fn with_stream<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0.borrow())
+    }
+}
+
+impl<T: AsyncRead + Unpin> ReadHalf<T> {
+    /// Reads like [`AsyncRead::poll_read`], through a shared reference.
+    pub fn poll_read_shared(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for ReadHalf<T> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -42,6 +42,12 @@ impl TcpConn {
     pub fn get_ref(&self) -> &TcpStream {
         &self.stream
     }
+
+    /// Returns the socket's place in the shard's readiness set, if it has
+    /// one.
+    pub fn registration(&self) -> Option<&Registration> {
+        self.registration.as_ref()
+    }
 }
 
 impl AsRawFd for TcpConn {
