@@ -22,6 +22,9 @@ const MAX_U16_SETTING: u64 = u16::MAX as u64;
 /// Maximum write linger accepted, in microseconds. Beyond 100 ms, batching
 /// saves nothing more and only adds latency.
 const MAX_WRITE_LINGER_US: u64 = 100_000;
+/// Maximum read pause accepted, in microseconds. A longer pause adds its
+/// whole length to the latency of every message under load.
+const MAX_READ_PAUSE_US: u64 = 10_000;
 
 /// Smallest Maximum Packet Size that still fits a CONNECT with a short
 /// client id and a few properties.
@@ -313,6 +316,10 @@ pub struct LimitsConfig {
     /// Microseconds a socket's deliveries are held to batch them when it
     /// was written to less than this long ago; default 2,000, 0 disables.
     pub write_linger_us: Option<u64>,
+    /// Microseconds a shard waits after a pass over its readable sockets
+    /// that found several, to read more of them per pass; default 250, 0
+    /// disables.
+    pub read_pause_us: Option<u64>,
 }
 
 /// The config file.
@@ -538,6 +545,13 @@ impl Config {
             0,
             MAX_WRITE_LINGER_US,
         )?;
+        let read_pause_us = checked(
+            "limits.read-pause-us",
+            limits.read_pause_us,
+            coremq_shard::DEFAULT_READ_PAUSE_US,
+            0,
+            MAX_READ_PAUSE_US,
+        )?;
         let queue_drop_policy = match limits.queue_drop_policy.as_deref() {
             None | Some("drop-oldest") => DropPolicy::DropOldest,
             Some("drop-new") => DropPolicy::DropNew,
@@ -589,6 +603,7 @@ impl Config {
                 max_inflight,
                 slow_consumer_timeout: Duration::from_secs(slow_consumer_timeout),
                 write_linger: Duration::from_micros(write_linger_us),
+                read_pause: Duration::from_micros(read_pause_us),
             },
             max_connections,
             storage,
@@ -863,6 +878,7 @@ fn merge_limits(file: LimitsConfig, cli: LimitsConfig) -> LimitsConfig {
         max_inflight: cli.max_inflight.or(file.max_inflight),
         slow_consumer_timeout: cli.slow_consumer_timeout.or(file.slow_consumer_timeout),
         write_linger_us: cli.write_linger_us.or(file.write_linger_us),
+        read_pause_us: cli.read_pause_us.or(file.read_pause_us),
     }
 }
 
@@ -992,6 +1008,24 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("--write-linger-us"), "{message}");
         assert!(message.contains("100001 is out of range"), "{message}");
+    }
+
+    #[test]
+    fn read_pause_range_and_default() {
+        let config =
+            Config::from_parts(FileConfig::default(), Overrides::default()).expect("defaults");
+        assert_eq!(config.limits.read_pause, Duration::from_micros(250));
+        let file: FileConfig = toml::from_str("[limits]\nread-pause-us = 0\n").expect("valid toml");
+        let config = Config::from_parts(file, Overrides::default()).expect("0 turns it off");
+        assert_eq!(config.limits.read_pause, Duration::ZERO);
+        let file: FileConfig =
+            toml::from_str("[limits]\nread-pause-us = 10001\n").expect("valid toml");
+        let message = Config::from_parts(file, Overrides::default())
+            .expect_err("too long")
+            .to_string();
+        assert!(message.contains("limits.read-pause-us"), "{message}");
+        assert!(message.contains("--read-pause-us"), "{message}");
+        assert!(message.contains("use 0 to 10000"), "{message}");
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl ConnectionContext {
         }
         let limits = shard.limits();
         let flush_clock = FlushClock::new(limits.write_linger);
+        readiness::set_read_pause(limits.read_pause);
         let output_budget = OutputBudget::new(limits.max_shard_output);
         ConnectionContext {
             shard,

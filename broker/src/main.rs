@@ -170,6 +170,11 @@ struct Cli {
     /// each wake-up at once [default: 2000].
     #[arg(long, value_name = "MICROS")]
     write_linger_us: Option<u64>,
+    /// Microseconds a shard waits after a pass over its readable sockets
+    /// that found several, so that the next pass reads more at once; 0
+    /// reads again as soon as the shard is idle [default: 250].
+    #[arg(long, value_name = "MICROS")]
+    read_pause_us: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +223,7 @@ fn main() -> ExitCode {
             max_shard_output: cli.max_shard_output,
             slow_consumer_timeout: cli.slow_consumer_timeout,
             write_linger_us: cli.write_linger_us,
+            read_pause_us: cli.read_pause_us,
             ..Default::default()
         },
         storage: StorageConfig {

@@ -45,6 +45,9 @@ pub enum DropPolicy {
 /// Default of [`Limits::write_linger`], in microseconds.
 pub const DEFAULT_WRITE_LINGER_US: u64 = 2000;
 
+/// Default of [`Limits::read_pause`], in microseconds.
+pub const DEFAULT_READ_PAUSE_US: u64 = 250;
+
 /// Per-client limits the broker enforces and announces in CONNACK.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -81,6 +84,10 @@ pub struct Limits {
     /// Time a writer keeps deliveries to a socket it wrote to less than
     /// this long ago, to send them in one write. Zero writes at once.
     pub write_linger: Duration,
+    /// Time a shard waits after a pass over its readable sockets that
+    /// found several, so that the next pass reads more of them at once.
+    /// Zero looks again as soon as the shard is idle.
+    pub read_pause: Duration,
 }
 
 impl Default for Limits {
@@ -98,6 +105,7 @@ impl Default for Limits {
             max_inflight: u16::MAX,
             slow_consumer_timeout: Duration::from_secs(10),
             write_linger: Duration::from_micros(DEFAULT_WRITE_LINGER_US),
+            read_pause: Duration::from_micros(DEFAULT_READ_PAUSE_US),
         }
     }
 }

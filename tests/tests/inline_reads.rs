@@ -158,3 +158,50 @@ fn close_after_publish_sends_the_will() {
         );
     }
 }
+
+#[test]
+fn many_publishers_with_the_longest_read_pause_lose_nothing() {
+    // Sixteen publishers at once make busy passes, after which the shard
+    // waits 10 ms before it reads again. Every message must still arrive,
+    // in each publisher's order.
+    const PUBLISHERS: usize = 16;
+    const MESSAGES: usize = 100;
+    let broker = Broker::start(&["--shards", "1", "--read-pause-us", "10000"]);
+    let (mut subscriber, _) = RawClient::connect_v5(broker.addr(), "sub");
+    subscriber.subscribe("many/+", QoS::AtLeastOnce);
+    let addr = broker.addr();
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|number| {
+            std::thread::spawn(move || {
+                let (mut publisher, _) = RawClient::connect_v5(addr, &format!("pub-{number}"));
+                let topic = format!("many/{number}");
+                for sequence in 0..MESSAGES {
+                    let payload = sequence.to_string();
+                    publisher.send(&Packet::Publish(publish(
+                        &topic,
+                        QoS::AtMostOnce,
+                        0,
+                        payload.as_bytes(),
+                    )));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                // The PINGRESP comes after every PUBLISH was handled.
+                publisher.ping();
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.join().expect("publisher thread");
+    }
+    let mut next = vec![0usize; PUBLISHERS];
+    for message in subscriber.drain_publishes(Duration::from_secs(1)) {
+        let number: usize = message.topic["many/".len()..].parse().expect("topic number");
+        let sequence: usize = std::str::from_utf8(&message.payload)
+            .expect("UTF-8")
+            .parse()
+            .expect("sequence number");
+        assert_eq!(sequence, next[number], "order of publisher {number}");
+        next[number] += 1;
+    }
+    assert_eq!(next, vec![MESSAGES; PUBLISHERS], "messages per publisher");
+}

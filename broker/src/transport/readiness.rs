@@ -32,6 +32,10 @@ use tracing::warn;
 /// Events taken from the set per `epoll_wait` call.
 const EVENTS_PER_CALL: usize = 256;
 
+/// Sockets a pass must find readable for the shard to pause before the
+/// next pass (see [`set_read_pause`]).
+const BUSY_PASS: usize = 4;
+
 /// Pause of the shard's readiness task after the set could not be waited
 /// for, so that an error (such as running out of descriptors) does not
 /// spin the shard.
@@ -48,6 +52,20 @@ thread_local! {
         .ok();
 }
 
+/// Sets how long the readiness set of this thread's shard waits after a
+/// pass that found at least [`BUSY_PASS`] readable sockets, before it
+/// looks for more. While many clients each send a little, one pass then
+/// reads many sockets, and the shard goes idle and wakes once per pause
+/// instead of once per few messages. Zero looks again as soon as the
+/// shard is idle.
+pub fn set_read_pause(pause: Duration) {
+    SHARD_SET.with(|set| {
+        if let Some(set) = set {
+            set.pause.set(pause);
+        }
+    });
+}
+
 /// Reading done by the readiness task for a socket whose reader waits.
 pub trait ReadHook {
     /// Called when the set reports the socket readable while its reader
@@ -62,6 +80,8 @@ pub trait ReadHook {
 struct ReadinessSet {
     epoll: OwnedFd,
     slots: RefCell<Slots>,
+    /// Time to wait after a busy pass before the next one.
+    pause: Cell<Duration>,
     /// Hooks to call in the current pass, kept to reuse its memory.
     hooked: RefCell<Vec<HookCall>>,
     /// The executor whose task waits for the set. Another executor that
@@ -111,6 +131,7 @@ impl ReadinessSet {
             // SAFETY: `fd` was just created and nothing else owns it.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             slots: RefCell::default(),
+            pause: Cell::new(Duration::ZERO),
             hooked: RefCell::default(),
             waiting: Cell::new(None),
         }))
@@ -189,11 +210,17 @@ impl ReadinessSet {
     /// long as the shard runs.
     async fn wait_loop(self: Rc<Self>) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_CALL];
+        // Whether the last pass found enough sockets to pause before the
+        // next one.
+        let mut busy = false;
         loop {
-            if let Err(error) = self.readable().await {
+            if busy {
+                glommio::timer::sleep(self.pause.get()).await;
+            } else if let Err(error) = self.readable().await {
                 warn!(%error, "waiting for socket readiness failed; retrying");
                 glommio::timer::sleep(RETRY_AFTER_ERROR).await;
             }
+            let mut reported = 0;
             loop {
                 // SAFETY: `events` has room for `EVENTS_PER_CALL` entries,
                 // and a zero timeout makes the call return at once.
@@ -214,11 +241,13 @@ impl ReadinessSet {
                     continue;
                 }
                 let count = count as usize;
+                reported += count;
                 self.wake(&events[..count]);
                 if count < EVENTS_PER_CALL {
                     break;
                 }
             }
+            busy = reported >= BUSY_PASS && !self.pause.get().is_zero();
         }
     }
 
@@ -613,6 +642,61 @@ mod tests {
             ));
             assert_eq!(buf[0], b'e');
             assert_eq!(hook.calls.get(), 2, "hook no longer called");
+        });
+    }
+
+    /// Waits up to two seconds for `hook` to have been called `calls`
+    /// times.
+    async fn wait_for_calls(hook: &TestHook, calls: usize) {
+        for _ in 0..400 {
+            if hook.calls.get() >= calls {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("hook called {} times, expected {calls}", hook.calls.get());
+    }
+
+    #[test]
+    fn busy_pass_pauses_before_the_next() {
+        const PAUSE: Duration = Duration::from_millis(200);
+        run(|| async {
+            set_read_pause(PAUSE);
+            let hook = Rc::new(TestHook::default());
+            let mut sockets: Vec<Registered> = (0..BUSY_PASS).map(|_| registered_pair()).collect();
+            let mut buf = [0u8; 4];
+            for socket in &sockets {
+                socket.registration.set_hook(Some(hook.clone()));
+                let cx = Context::from_waker(&socket.waker);
+                assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
+            }
+
+            // One socket alone makes a quiet pass: the next pass follows
+            // as soon as data arrives.
+            sockets[0].peer.write_all(b"a").expect("write");
+            wait_for_calls(&hook, 1).await;
+            let started = std::time::Instant::now();
+            sockets[0].peer.write_all(b"b").expect("write");
+            wait_for_calls(&hook, 2).await;
+            let quiet = started.elapsed();
+
+            // All of them at once make a busy pass: the set waits out the
+            // pause before it reports the next write.
+            for socket in &mut sockets {
+                socket.peer.write_all(b"c").expect("write");
+            }
+            wait_for_calls(&hook, 2 + BUSY_PASS).await;
+            let started = std::time::Instant::now();
+            sockets[1].peer.write_all(b"d").expect("write");
+            wait_for_calls(&hook, 3 + BUSY_PASS).await;
+            let after_busy = started.elapsed();
+
+            assert!(quiet < PAUSE * 3 / 4, "quiet pass waited {quiet:?}");
+            assert!(
+                after_busy >= PAUSE * 3 / 4,
+                "busy pass waited only {after_busy:?}"
+            );
+            set_read_pause(Duration::ZERO);
         });
     }
 
