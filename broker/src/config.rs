@@ -317,7 +317,7 @@ pub struct LimitsConfig {
     /// was written to less than this long ago; default 2,000, 0 disables.
     pub write_linger_us: Option<u64>,
     /// Microseconds a shard waits after a pass over its readable sockets
-    /// that found several, to read more of them per pass; default 250, 0
+    /// that found 4 or more, to read more of them per pass; default 250, 0
     /// disables.
     pub read_pause_us: Option<u64>,
 }

@@ -749,8 +749,8 @@ enum Decoded<'a> {
     End(Option<Handling<'a>>, Ending),
 }
 
-/// What [`Decoder::step`] found in the buffer. It lives only until its
-/// caller builds the step's future, so its size does not matter.
+/// Result of one [`Decoder::step`]. It lives only until its caller builds
+/// the step's future, so its size does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Step {
     /// Everything read so far is decoded: read more.
@@ -784,7 +784,7 @@ struct Reading {
     inbox: RefCell<Inbox>,
 }
 
-/// What a connection read and has not handled yet.
+/// Data a connection read and has not handled yet.
 struct Inbox {
     /// Bytes read and not yet decoded.
     buffer: BytesMut,
@@ -877,7 +877,10 @@ impl Reading {
 
 impl ReadHook for Reading {
     fn readable(self: Rc<Self>, fd: RawFd) -> bool {
-        if !self.waiting.get() {
+        // Once the reader has work, it must see everything in order: a
+        // DISCONNECT left to it comes before the end of the stream after
+        // it, which would otherwise publish the Will.
+        if !self.waiting.get() || self.handed.get() {
             return true;
         }
         let mut inbox = self.inbox.borrow_mut();

@@ -171,7 +171,7 @@ struct Cli {
     #[arg(long, value_name = "MICROS")]
     write_linger_us: Option<u64>,
     /// Microseconds a shard waits after a pass over its readable sockets
-    /// that found several, so that the next pass reads more at once; 0
+    /// that found 4 or more, so that the next pass reads more at once; 0
     /// reads again as soon as the shard is idle [default: 250].
     #[arg(long, value_name = "MICROS")]
     read_pause_us: Option<u64>,

@@ -85,7 +85,7 @@ pub struct Limits {
     /// this long ago, to send them in one write. Zero writes at once.
     pub write_linger: Duration,
     /// Time a shard waits after a pass over its readable sockets that
-    /// found several, so that the next pass reads more of them at once.
+    /// found 4 or more, so that the next pass reads more of them at once.
     /// Zero looks again as soon as the shard is idle.
     pub read_pause: Duration,
 }

@@ -13,8 +13,8 @@ use tempfile::TempDir;
 /// How long a client waits for each packet it expects.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// The packets `client` receives until its PINGRESP, named by type, with
-/// the topic of each PUBLISH and the packet id of each acknowledgement.
+/// Reads packets until a PINGRESP and returns their names, with the topic
+/// of each PUBLISH and the packet id of each PUBACK.
 fn packets_until_pingresp(client: &mut RawClient) -> Vec<String> {
     let mut seen = Vec::new();
     loop {
@@ -160,7 +160,7 @@ fn close_after_publish_sends_the_will() {
 }
 
 #[test]
-fn many_publishers_with_the_longest_read_pause_lose_nothing() {
+fn longest_read_pause_loses_nothing() {
     // Sixteen publishers at once make busy passes, after which the shard
     // waits 10 ms before it reads again. Every message must still arrive,
     // in each publisher's order.
@@ -195,7 +195,9 @@ fn many_publishers_with_the_longest_read_pause_lose_nothing() {
     }
     let mut next = vec![0usize; PUBLISHERS];
     for message in subscriber.drain_publishes(Duration::from_secs(1)) {
-        let number: usize = message.topic["many/".len()..].parse().expect("topic number");
+        let number: usize = message.topic["many/".len()..]
+            .parse()
+            .expect("topic number");
         let sequence: usize = std::str::from_utf8(&message.payload)
             .expect("UTF-8")
             .parse()

@@ -68,11 +68,11 @@ pub fn set_read_pause(pause: Duration) {
 
 /// Reading done by the readiness task for a socket whose reader waits.
 pub trait ReadHook {
-    /// Called when the set reports the socket readable while its reader
-    /// waits for it; [`recv`] reads it. Returns true when the reader must
-    /// run: the socket may still hold data, or the hook left work to the
-    /// reader. Returns false when the hook read the socket empty and
-    /// handled all of it.
+    /// Reads and handles the socket `fd` for its waiting reader, when the
+    /// set reports it readable ([`recv`] reads it). Returns true when the
+    /// reader must run: the socket may still hold data, or the hook left
+    /// work to the reader. Returns false when the hook read the socket
+    /// empty and handled all of it.
     fn readable(self: Rc<Self>, fd: RawFd) -> bool;
 }
 
