@@ -316,9 +316,9 @@ pub struct LimitsConfig {
     /// Microseconds a socket's deliveries are held to batch them when it
     /// was written to less than this long ago; default 2,000, 0 disables.
     pub write_linger_us: Option<u64>,
-    /// Microseconds a shard waits after a pass over its readable sockets
-    /// that found 4 or more, to read more of them per pass; default 250, 0
-    /// disables.
+    /// Microseconds a shard waits after a pass that found 4 or more
+    /// readable sockets, so that the next pass reads more of them. Default
+    /// 250, and 0 turns the pause off.
     pub read_pause_us: Option<u64>,
 }
 

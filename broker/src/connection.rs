@@ -727,8 +727,8 @@ async fn read_loop(
                 return Ending::ReadFailed;
             }
             ReadEvent::CloseRequested(request) => {
-                // A step the readiness task started may hold a QoS 2
-                // message between its record and its routing: finish it.
+                // A step the readiness task started may have recorded a
+                // QoS 2 message and not routed it yet, so finish it.
                 let _ = reading.finish_pending().await;
                 return Ending::Server(request.reason);
             }
@@ -792,16 +792,15 @@ struct Inbox {
     /// A step the readiness task started that must wait: the reader
     /// finishes it before it decodes anything more.
     pending: Option<Handling<'static>>,
-    /// How the connection ends, found by the readiness task.
+    /// End of the connection, when the readiness task found it.
     ending: Option<Ending>,
 }
 
 impl Inbox {
-    /// An empty buffer gives its memory back: an idle connection then
-    /// keeps none, and a busy one pays one allocation per read. A buffer
-    /// left with a small part of a packet moves it to a buffer of its
-    /// size, so that a publisher's buffer does not keep the capacity of
-    /// its largest read.
+    /// Frees an empty buffer, so that an idle connection keeps no read
+    /// memory and a busy one pays one allocation per read. Moves a small
+    /// part of a packet to a buffer of its size, so that a publisher's
+    /// buffer does not keep the capacity of its largest read.
     fn trim_buffer(&mut self) {
         if self.buffer.is_empty() {
             self.buffer = BytesMut::new();
@@ -824,9 +823,9 @@ impl Reading {
         self.inbox.borrow_mut().ending.take()
     }
 
-    /// Reads once from the socket `fd` into the inbox. Returns whether the
-    /// socket was read empty; at its end, or when the read fails, it
-    /// records how the connection ends.
+    /// Reads once from the socket `fd` into the inbox and returns whether
+    /// the socket was read empty. At the end of the stream, or when the
+    /// read fails, records the connection's ending.
     fn read_into(&self, fd: RawFd, inbox: &mut Inbox) -> bool {
         let mut chunk = self.read_chunk.borrow_mut();
         match readiness::recv(fd, &mut chunk) {
@@ -848,7 +847,7 @@ impl Reading {
     }
 
     /// Runs `handling` as far as it goes without waiting. Returns true
-    /// when it must wait, kept for the reader, or failed.
+    /// when it failed, or must wait and is kept for the reader.
     fn start(&self, inbox: &mut Inbox, mut handling: Handling<'static>) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match handling.as_mut().poll(&mut cx) {
@@ -895,9 +894,9 @@ impl ReadHook for Reading {
 }
 
 impl Reading {
-    /// Decodes and hands PUBLISH packets to the shard until the buffer
-    /// holds no whole packet or one of another type. Returns true when the
-    /// reader must run.
+    /// Decodes PUBLISH packets and hands them to the shard, until the
+    /// buffer has no whole packet left or the next is of another type.
+    /// Returns true when the reader must run.
     fn decode_publishes(self: &Rc<Self>, inbox: &mut Inbox) -> bool {
         loop {
             let Inbox {
@@ -968,7 +967,7 @@ impl Drop for HookGuard<'_> {
                 registration.set_hook(None);
             }
         });
-        // A step left for the reader holds the `Reading`.
+        // A step left for the reader keeps a reference to the `Reading`.
         self.reading.inbox.borrow_mut().pending = None;
     }
 }
@@ -1090,7 +1089,7 @@ struct ReadAppend<'a, R> {
     waited: bool,
 }
 
-/// What ended one read of the reader.
+/// Outcome of one read by the reader.
 enum Read {
     /// The read's result, and whether it had to wait for data.
     Bytes(std::io::Result<usize>, bool),

@@ -166,9 +166,11 @@ fn longest_read_pause_loses_nothing() {
     // in each publisher's order.
     const PUBLISHERS: usize = 16;
     const MESSAGES: usize = 100;
+
     let broker = Broker::start(&["--shards", "1", "--read-pause-us", "10000"]);
     let (mut subscriber, _) = RawClient::connect_v5(broker.addr(), "sub");
     subscriber.subscribe("many/+", QoS::AtLeastOnce);
+
     let addr = broker.addr();
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|number| {
@@ -193,6 +195,8 @@ fn longest_read_pause_loses_nothing() {
     for publisher in publishers {
         publisher.join().expect("publisher thread");
     }
+
+    // The next sequence number expected from each publisher.
     let mut next = vec![0usize; PUBLISHERS];
     for message in subscriber.drain_publishes(Duration::from_secs(1)) {
         let number: usize = message.topic["many/".len()..]

@@ -442,8 +442,9 @@ impl Registration {
     }
 }
 
-/// Reads what the socket `fd` holds into `buf` without waiting: `Ok(0)` at
-/// the end of the stream, `WouldBlock` when it holds nothing.
+/// Reads the data waiting on socket `fd` into `buf` without blocking.
+/// Returns `Ok(0)` at the end of the stream and `WouldBlock` when no data
+/// is waiting.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is valid for `buf.len()` bytes; the caller keeps
@@ -576,8 +577,8 @@ mod tests {
         });
     }
 
-    /// A hook that reads its socket empty into `bytes`, counts its calls,
-    /// and asks for the reader when `wake_reader` is set.
+    /// Hook that reads its socket empty into `bytes`, counts its calls,
+    /// and wakes the reader when `wake_reader` is set.
     #[derive(Default)]
     struct TestHook {
         calls: Cell<usize>,
@@ -601,6 +602,18 @@ mod tests {
         }
     }
 
+    /// Waits up to two seconds for `hook` to have been called `calls`
+    /// times.
+    async fn wait_for_calls(hook: &TestHook, calls: usize) {
+        for _ in 0..400 {
+            if hook.calls.get() >= calls {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("hook called {} times, expected {calls}", hook.calls.get());
+    }
+
     #[test]
     fn hook_reads_for_a_waiting_reader() {
         run(|| async {
@@ -613,13 +626,8 @@ mod tests {
             // The reader waits; the hook reads and handles it all.
             assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
             socket.peer.write_all(b"abc").expect("write");
-            for _ in 0..200 {
-                if hook.calls.get() > 0 {
-                    break;
-                }
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-            assert_eq!(hook.calls.get(), 1, "hook called");
+            wait_for_calls(&hook, 1).await;
+            assert_eq!(hook.calls.get(), 1, "hook called once");
             assert_eq!(&hook.bytes.borrow()[..], b"abc");
             assert_eq!(socket.counter.0.load(Ordering::SeqCst), 0, "reader slept");
             assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
@@ -643,18 +651,6 @@ mod tests {
             assert_eq!(buf[0], b'e');
             assert_eq!(hook.calls.get(), 2, "hook no longer called");
         });
-    }
-
-    /// Waits up to two seconds for `hook` to have been called `calls`
-    /// times.
-    async fn wait_for_calls(hook: &TestHook, calls: usize) {
-        for _ in 0..400 {
-            if hook.calls.get() >= calls {
-                return;
-            }
-            glommio::timer::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("hook called {} times, expected {calls}", hook.calls.get());
     }
 
     #[test]
