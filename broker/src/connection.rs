@@ -21,7 +21,8 @@ use coremq_codec::{
     Publish, ReasonCode, MAX_PACKET_SIZE,
 };
 use coremq_shard::{
-    owner_shard, CloseRequest, Conn, ConnectOutcome, Handoff, OutputBudget, Shard, ShardMsg,
+    owner_shard, CloseRequest, Conn, ConnectOutcome, Handoff, OutputBudget, PublishNow, Shard,
+    ShardMsg,
 };
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -906,7 +907,16 @@ impl Reading {
                 Step::NeedMore => return false,
                 Step::NotPublish => return true,
                 Step::Publishes(batch) => {
-                    let handling = self.publishes(batch);
+                    let handling = match self.shard.publish_now(&self.conn, &self.client_id, batch)
+                    {
+                        PublishNow::Done(Ok(())) => continue,
+                        PublishNow::Done(Err(close)) => {
+                            inbox.ending = Some(Ending::Server(close.reason));
+                            return true;
+                        }
+                        PublishNow::Rest(rest) => rest,
+                        PublishNow::Later(batch) => self.publishes(batch),
+                    };
                     if self.start(inbox, handling) {
                         return true;
                     }
@@ -1021,7 +1031,26 @@ impl Decoder {
         buffer: &mut BytesMut,
         conn: &Rc<Conn>,
         client_id: &Arc<str>,
+        reauthentication: Option<&mut Reauthentication<'_>>,
+    ) -> Step {
+        let mut whole_packet = false;
+        let step = self.decode_step(buffer, conn, client_id, reauthentication, &mut whole_packet);
+        // Keep alive counts whole packets, so a client that trickles bytes
+        // without finishing one is still cut off. One clock reading serves
+        // every packet of the step.
+        if whole_packet {
+            self.last_read.set(Instant::now());
+        }
+        step
+    }
+
+    fn decode_step(
+        &mut self,
+        buffer: &mut BytesMut,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
         mut reauthentication: Option<&mut Reauthentication<'_>>,
+        whole_packet: &mut bool,
     ) -> Step {
         loop {
             // Collected PUBLISH packets go first when the batch is full or
@@ -1047,9 +1076,7 @@ impl Decoder {
                     return self.end(Some(error.reason_code()));
                 }
             };
-            // Keep alive counts whole packets, so a client that trickles
-            // bytes without finishing one is still cut off.
-            self.last_read.set(Instant::now());
+            *whole_packet = true;
             match packet {
                 Packet::Publish(publish) => match resolve_alias(&mut self.aliases, publish) {
                     Ok(publish) => self.publishes.push(publish),

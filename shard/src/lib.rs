@@ -28,7 +28,7 @@ pub mod trie;
 
 pub use authorize::{Access, Authorizer};
 pub use conn::{CloseRequest, Conn, ConnId, OutputBudget};
-pub use engine::{ConnectOutcome, Shard};
+pub use engine::{ConnectOutcome, PublishNow, Shard};
 pub use mesh::{Handoff, ShardId, ShardMsg};
 pub use message::{Delivery, Publication};
 pub use persist::Persistence;

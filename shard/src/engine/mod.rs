@@ -130,6 +130,10 @@ enum StoreOp {
 }
 
 impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.acks.is_empty() && self.store.is_empty()
+    }
+
     fn send(&mut self, shard: ShardId, msg: ShardMsg) {
         self.messages.push((shard, msg));
     }
@@ -143,6 +147,16 @@ impl Outbox {
 
 /// What the connection must do after a packet was handled.
 type HandleResult = Result<(), CloseRequest>;
+
+/// What [`Shard::publish_now`] did with a batch of PUBLISH packets.
+pub enum PublishNow {
+    /// Handled in full, with this result.
+    Done(Result<(), CloseRequest>),
+    /// Routed; the rest of the work and the replies wait in this future.
+    Rest(std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CloseRequest>>>>),
+    /// Untouched: it needs the log or the store, so `handle_publishes`.
+    Later(Vec<Publish>),
+}
 
 fn close_with(reason: ReasonCode) -> CloseRequest {
     CloseRequest {
@@ -423,23 +437,7 @@ impl Shard {
         // One clock reading serves the whole batch, unless the log append
         // waits.
         let received = Instant::now();
-        // Check every packet first. A bad one ends the batch, but those
-        // before it are handled before the connection closes.
-        let mut steps = Vec::with_capacity(publishes.len());
-        let mut closing = None;
-        {
-            let mut state = self.state.borrow_mut();
-            for publish in publishes {
-                match state.prepare_publish(conn, client_id, publish, received) {
-                    Ok(step) => steps.push(step),
-                    Err(close) => {
-                        closing = Some(close);
-                        break;
-                    }
-                }
-            }
-        }
-
+        let (mut steps, closing) = self.prepare_publishes(conn, client_id, publishes, received);
         let persistence = self.state.borrow().persistence.clone();
         let mut routed_at = received;
         if let Some(persistence) = persistence {
@@ -463,6 +461,69 @@ impl Shard {
             conn.send(&reply);
         }
         closing.map_or(Ok(()), Err)
+    }
+
+    /// Handles a batch of PUBLISH packets as [`Shard::handle_publishes`]
+    /// does, without a future where nothing waits: when no message goes
+    /// into the log or the store, the batch is checked and routed at once.
+    /// What is left to wait for (messages to other shards, and the replies
+    /// that follow them) comes back as a future. A batch that needs the
+    /// log or the store comes back untouched, for `handle_publishes`.
+    pub fn publish_now(
+        &self,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
+        publishes: Vec<Publish>,
+    ) -> PublishNow {
+        let logged = self.state.borrow().persistence.is_some();
+        if publishes
+            .iter()
+            .any(|publish| publish.retain || (logged && publish.qos != QoS::AtMostOnce))
+        {
+            return PublishNow::Later(publishes);
+        }
+        let now = Instant::now();
+        let (steps, closing) = self.prepare_publishes(conn, client_id, publishes, now);
+        let (outbox, replies) = self.route_now(conn, steps, now);
+        let result = closing.map_or(Ok(()), Err);
+        if outbox.is_empty() {
+            for reply in &replies {
+                conn.send(reply);
+            }
+            return PublishNow::Done(result);
+        }
+        let shard = self.clone();
+        let conn = conn.clone();
+        PublishNow::Rest(Box::pin(async move {
+            if !shard.try_flush(outbox).await {
+                return Err(close_with(ReasonCode::UNSPECIFIED_ERROR));
+            }
+            for reply in &replies {
+                conn.send(reply);
+            }
+            result
+        }))
+    }
+
+    /// Checks every packet of a batch before any is routed. A bad one ends
+    /// the batch, but those before it are handled before the connection
+    /// closes: it comes back as the second value.
+    fn prepare_publishes(
+        &self,
+        conn: &Rc<Conn>,
+        client_id: &Arc<str>,
+        publishes: Vec<Publish>,
+        now: Instant,
+    ) -> (Vec<PublishStep>, Option<CloseRequest>) {
+        let mut steps = Vec::with_capacity(publishes.len());
+        let mut state = self.state.borrow_mut();
+        for publish in publishes {
+            match state.prepare_publish(conn, client_id, publish, now) {
+                Ok(step) => steps.push(step),
+                Err(close) => return (steps, Some(close)),
+            }
+        }
+        (steps, None)
     }
 
     /// Appends the loggable messages of `steps` to the log and records
@@ -527,33 +588,43 @@ impl Shard {
         steps: Vec<PublishStep>,
         now: Instant,
     ) -> Result<Vec<Packet>, CloseRequest> {
-        let mut outbox = Outbox::default();
-        let mut replies = Vec::new();
-        {
-            let mut state = self.state.borrow_mut();
-            for step in steps {
-                match step {
-                    PublishStep::Reply(reply) => replies.push(reply),
-                    PublishStep::Drop => {}
-                    PublishStep::Route {
-                        publication,
-                        ack,
-                        retain_ack_needed,
-                    } => replies.extend(state.finish_publish(
-                        conn.protocol,
-                        Arc::new(publication),
-                        ack,
-                        retain_ack_needed,
-                        now,
-                        &mut outbox,
-                    )),
-                }
-            }
-        }
+        let (outbox, replies) = self.route_now(conn, steps, now);
         if !self.try_flush(outbox).await {
             return Err(close_with(ReasonCode::UNSPECIFIED_ERROR));
         }
         Ok(replies)
+    }
+
+    /// Routes `steps` and returns what is left to carry out, and the
+    /// replies to send once it is done.
+    fn route_now(
+        &self,
+        conn: &Rc<Conn>,
+        steps: Vec<PublishStep>,
+        now: Instant,
+    ) -> (Outbox, Vec<Packet>) {
+        let mut outbox = Outbox::default();
+        let mut replies = Vec::new();
+        let mut state = self.state.borrow_mut();
+        for step in steps {
+            match step {
+                PublishStep::Reply(reply) => replies.push(reply),
+                PublishStep::Drop => {}
+                PublishStep::Route {
+                    publication,
+                    ack,
+                    retain_ack_needed,
+                } => replies.extend(state.finish_publish(
+                    conn.protocol,
+                    Arc::new(publication),
+                    ack,
+                    retain_ack_needed,
+                    now,
+                    &mut outbox,
+                )),
+            }
+        }
+        (outbox, replies)
     }
 
     async fn handle_subscribe(
