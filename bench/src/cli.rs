@@ -205,6 +205,11 @@ pub struct CommonArgs {
     /// MQTT protocol version.
     #[arg(long, value_enum, default_value_t = ProtocolArg::V5)]
     pub protocol: ProtocolArg,
+    /// Keep Alive in seconds that every client sends in CONNECT; 0 turns it
+    /// off. A client pings after half of it without other writes. Some
+    /// brokers, such as rumqttd 0.20, refuse 0.
+    #[arg(long, default_value_t = 0)]
+    pub keep_alive: u16,
     /// Loopback source addresses to spread connections over, bound before connect:
     /// one address, a range such as 127.0.0.1-127.0.0.8, or a comma-separated list.
     #[arg(long)]

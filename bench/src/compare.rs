@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, CompareArgs, TransportArg};
+use crate::cli::{Cli, Command, CommonArgs, CompareArgs, ProtocolArg, TransportArg};
 use crate::error::BenchError;
 use crate::report::{bytes_text, micros_text, Report};
 use crate::run::{format_count, parse_cpu_list};
@@ -59,12 +59,9 @@ pub fn parse_broker(spec: &str) -> Result<BrokerSpec, BenchError> {
 pub fn run(args: &CompareArgs) -> Result<Vec<Report>, BenchError> {
     let scenario = parse_scenario(&args.scenario)?;
     let broker_cpus = parse_cpu_list(&args.broker_cpus)?;
-    let transport = scenario
-        .common()
-        .expect("parse_scenario rejects compare")
-        .transport;
+    let common = scenario.common().expect("parse_scenario rejects compare");
     let brokers = if args.brokers.is_empty() {
-        default_brokers(broker_cpus.len(), transport)
+        default_brokers(broker_cpus.len(), common)
     } else {
         args.brokers
             .iter()
@@ -269,8 +266,9 @@ pub fn find_coremq() -> Option<PathBuf> {
 }
 
 /// coremq from the workspace build, Mosquitto and rumqttd, each when found,
-/// listening on `{port}` with `transport`.
-fn default_brokers(broker_cpus: usize, transport: TransportArg) -> Vec<BrokerSpec> {
+/// listening on `{port}` with the scenario's transport and protocol.
+fn default_brokers(broker_cpus: usize, common: &CommonArgs) -> Vec<BrokerSpec> {
+    let transport = common.transport;
     let mut brokers = Vec::new();
     match (find_coremq(), transport) {
         // Sessions and retained messages stay in memory, as in Mosquitto
@@ -314,19 +312,32 @@ fn default_brokers(broker_cpus: usize, transport: TransportArg) -> Vec<BrokerSpe
         // not written here.
         return brokers;
     }
-    if let Some(bin) = find_on_path("rumqttd") {
-        brokers.push(BrokerSpec {
+    match find_on_path("rumqttd") {
+        Some(_) if common.keep_alive == 0 => tracing::warn!(
+            "rumqttd skipped: it refuses clients with Keep Alive 0; \
+             add --keep-alive 60 to the scenario to include it"
+        ),
+        Some(bin) => brokers.push(BrokerSpec {
             name: "rumqttd".into(),
-            command: format!("{} --config {{dir}}/rumqttd.toml", bin.display()),
-            files: vec![("rumqttd.toml".into(), RUMQTTD_CONFIG.into())],
-        });
+            command: format!("{} --quiet --config {{dir}}/rumqttd.toml", bin.display()),
+            files: vec![("rumqttd.toml".into(), rumqttd_config(common.protocol))],
+        }),
+        None => {}
     }
     brokers
 }
 
-/// Minimal rumqttd configuration with one MQTT 5 listener on `{port}`.
-// NOTE: written from rumqttd's documented config layout and not tested here,
-// because rumqttd is not packaged for Debian.
+/// rumqttd configuration with one listener on `{port}`, of the section
+/// for `protocol`: rumqttd serves MQTT 3.1.1 and 5 on different listeners.
+/// Tried with rumqttd 0.20.0 from `cargo install rumqttd`.
+fn rumqttd_config(protocol: ProtocolArg) -> String {
+    let section = match protocol {
+        ProtocolArg::V311 => "v4",
+        ProtocolArg::V5 => "v5",
+    };
+    RUMQTTD_CONFIG.replace("{section}", section)
+}
+
 const RUMQTTD_CONFIG: &str = r#"id = 0
 
 [router]
@@ -336,11 +347,11 @@ max_outgoing_packet_count = 200
 max_segment_size = 104857600
 max_segment_count = 10
 
-[v5.1]
-name = "v5-1"
+[{section}.1]
+name = "{section}-1"
 listen = "127.0.0.1:{port}"
 next_connection_delay_ms = 1
-    [v5.1.connections]
+    [{section}.1.connections]
     connection_timeout_ms = 60000
     max_payload_size = 1048576
     max_inflight_count = 100

@@ -41,6 +41,8 @@ pub struct ConnectOptions {
     pub target: SocketAddr,
     pub source: Option<IpAddr>,
     pub protocol: Protocol,
+    /// Keep Alive sent in CONNECT, in seconds; 0 for none.
+    pub keep_alive: u16,
     pub client_id: String,
     /// Bytes offered to each socket read; also the first capacity of the
     /// read buffer.
@@ -81,8 +83,9 @@ pub struct Client {
     scratch: Box<[u8]>,
     /// Outbound bytes not yet written; [`Client::flush`] writes them.
     pub tx: BytesMut,
-    /// Server Keep Alive from CONNACK, in seconds, when the broker set one.
-    pub server_keep_alive: Option<u16>,
+    /// Keep Alive in effect, in seconds: the broker's Server Keep Alive
+    /// from CONNACK when it set one, or else the client's own, if any.
+    pub keep_alive: Option<u16>,
     /// The broker's Receive Maximum: QoS 1/2 publishes it accepts in flight.
     pub receive_maximum: u16,
     next_packet_id: PacketId,
@@ -113,7 +116,7 @@ impl Client {
             rx: BytesMut::with_capacity(options.read_chunk),
             scratch: vec![0; options.read_chunk].into_boxed_slice(),
             tx: BytesMut::with_capacity(256),
-            server_keep_alive: None,
+            keep_alive: None,
             receive_maximum: u16::MAX,
             next_packet_id: 1,
             websocket: None,
@@ -129,7 +132,7 @@ impl Client {
         client.queue(&Packet::Connect(Box::new(Connect {
             protocol: options.protocol,
             clean_start: true,
-            keep_alive: 0,
+            keep_alive: options.keep_alive,
             client_id: options.client_id.clone(),
             will: None,
             username: None,
@@ -139,9 +142,10 @@ impl Client {
         client.flush().await?;
 
         let connack = client.expect_connack().await?;
-        client.server_keep_alive = connack
+        client.keep_alive = connack
             .properties
             .server_keep_alive
+            .or(Some(options.keep_alive))
             .filter(|&secs| secs > 0);
         client.receive_maximum = connack.properties.receive_maximum.unwrap_or(u16::MAX);
         Ok(client)

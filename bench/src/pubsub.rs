@@ -237,6 +237,7 @@ fn connect_options(
         target: local.config.target,
         source: local.config.source_for(connection_index),
         protocol: local.config.protocol,
+        keep_alive: local.config.keep_alive,
         client_id: format!("{}-{role}{index}", local.config.run_id),
         read_chunk,
         websocket_path: local.config.websocket_path.clone(),
@@ -322,18 +323,19 @@ async fn receive_loop(
 ) -> Result<(), BenchError> {
     let mut last_write_ns = now_ns();
     while !local.control.stopping() {
-        if !client.read_more().await? {
-            send_ping_if_due(client, &mut last_write_ns).await?;
-            continue;
+        if client.read_more().await? {
+            let (delivered, delivered_bytes) = handle_buffered(local, client, timeline, trackers)?;
+            let counters = local.counters();
+            Counters::add(&counters.delivered_msgs, delivered);
+            Counters::add(&counters.delivered_bytes, delivered_bytes);
+            if !client.tx.is_empty() {
+                client.flush().await?;
+                last_write_ns = now_ns();
+            }
         }
-        let (delivered, delivered_bytes) = handle_buffered(local, client, timeline, trackers)?;
-        let counters = local.counters();
-        Counters::add(&counters.delivered_msgs, delivered);
-        Counters::add(&counters.delivered_bytes, delivered_bytes);
-        if !client.tx.is_empty() {
-            client.flush().await?;
-            last_write_ns = now_ns();
-        }
+        // A subscriber that only receives still owes the broker a packet
+        // within its Keep Alive.
+        send_ping_if_due(client, &mut last_write_ns).await?;
     }
     Ok(())
 }
@@ -383,10 +385,10 @@ fn handle_buffered(
     Ok((delivered, delivered_bytes))
 }
 
-/// Sends PINGREQ when the broker set a Server Keep Alive and half of it has
+/// Sends PINGREQ when a Keep Alive is in effect and half of it has
 /// passed since the last write.
 async fn send_ping_if_due(client: &mut Client, last_write_ns: &mut u64) -> Result<(), BenchError> {
-    let Some(keep_alive) = client.server_keep_alive else {
+    let Some(keep_alive) = client.keep_alive else {
         return Ok(());
     };
     let now = now_ns();

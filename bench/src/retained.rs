@@ -49,6 +49,7 @@ fn options(config: &RunConfig, role: &str, index: u32, connection_index: usize) 
         target: config.target,
         source: config.source_for(connection_index),
         protocol: config.protocol,
+        keep_alive: config.keep_alive,
         client_id: format!("{}-{role}{index}", config.run_id),
         read_chunk: READ_CHUNK,
         websocket_path: config.websocket_path.clone(),

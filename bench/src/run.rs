@@ -52,6 +52,8 @@ pub struct RunConfig {
     pub target: SocketAddr,
     pub sources: Vec<IpAddr>,
     pub protocol: Protocol,
+    /// Keep Alive sent in CONNECT, in seconds; 0 for none.
+    pub keep_alive: u16,
     pub qos: QoS,
     pub payload: usize,
     pub rate: u64,
@@ -135,6 +137,7 @@ impl RunConfig {
             target,
             sources,
             protocol: args.protocol.protocol(),
+            keep_alive: args.keep_alive,
             qos: args.qos(),
             payload: args.payload,
             rate: args.rate,

@@ -67,6 +67,7 @@ async fn connect_worker(local: Rc<Local>, worker: u64) {
             target: local.config.target,
             source: local.config.source_for((attempt + worker) as usize),
             protocol: local.config.protocol,
+            keep_alive: local.config.keep_alive,
             client_id: format!(
                 "{}-c{}-{worker}-{attempt}",
                 local.config.run_id, local.executor
@@ -152,6 +153,7 @@ async fn idle_connection(local: Rc<Local>, index: usize) -> bool {
             target: local.config.target,
             source: local.config.source_for(index),
             protocol: local.config.protocol,
+            keep_alive: local.config.keep_alive,
             client_id: format!("{}-idle{index}", local.config.run_id),
             read_chunk: SMALL_READ_CHUNK,
             websocket_path: local.config.websocket_path.clone(),
@@ -182,7 +184,7 @@ async fn idle_connection(local: Rc<Local>, index: usize) -> bool {
 }
 
 async fn hold(local: &Local, client: &mut Client) -> Result<(), BenchError> {
-    let Some(keep_alive) = client.server_keep_alive else {
+    let Some(keep_alive) = client.keep_alive else {
         local.wait_stop().await;
         return Ok(());
     };

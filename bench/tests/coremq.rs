@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{number, run_bench, BenchRun};
 use coremq_tests::Broker;
 use serde_json::Value;
@@ -13,7 +11,8 @@ use serde_json::Value;
 /// CoreMQ with its RocksDB store in a scratch folder, removed on drop.
 struct DurableBroker {
     broker: Option<Broker>,
-    data_dir: PathBuf,
+    /// Removed on drop, after the broker is gone.
+    _data_dir: common::Scratch,
 }
 
 impl DurableBroker {
@@ -32,7 +31,7 @@ impl DurableBroker {
         ]);
         DurableBroker {
             broker: Some(broker),
-            data_dir,
+            _data_dir: data_dir,
         }
     }
 
@@ -43,9 +42,8 @@ impl DurableBroker {
 
 impl Drop for DurableBroker {
     fn drop(&mut self) {
-        // Kill the broker before its files go.
+        // Kill the broker before its files go with `_data_dir`.
         drop(self.broker.take());
-        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
@@ -192,4 +190,38 @@ fn qos0_reports_no_acks() {
     let text = String::from_utf8_lossy(&run.output.stdout);
     assert!(!text.contains("ack latency"), "{text}");
     assert!(!text.contains("acked"), "{text}");
+}
+
+/// With `--keep-alive 1`, CoreMQ closes a client that stays silent for
+/// 1.5 s. The subscribers only receive, so they keep their connections for
+/// the 4-second run only by pinging while messages arrive.
+#[test]
+fn subscribers_ping_within_keep_alive() {
+    let broker = Broker::start(&["--shards", "1"]);
+    let port = broker.addr().port().to_string();
+    let run = run_bench(&[
+        "fanout",
+        "-S",
+        "2",
+        "--rate",
+        "200",
+        "--keep-alive",
+        "1",
+        "--protocol",
+        "311",
+        "--duration",
+        "4",
+        "--warmup",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ]);
+    assert_eq!(run.code(), 0, "{}", run.text());
+    let report = run.report();
+    assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
+    assert_eq!(number(report, "/loss/lost"), 0.0, "{report:#}");
+    // 200 messages a second for 4 seconds, to each of 2 subscribers.
+    assert!(number(report, "/delivered/msgs") >= 1500.0, "{report:#}");
 }

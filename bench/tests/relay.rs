@@ -79,19 +79,26 @@ fn relay_rejects_a_bad_pause() {
 struct Relay {
     child: std::process::Child,
     port: u16,
+    /// Holds the log until the relay is gone.
+    _dir: common::Scratch,
 }
 
 impl Relay {
     fn start() -> Relay {
         let port = common::free_port();
-        let log = common::scratch_dir("relay-log").join("relay.log");
+        let dir = common::scratch_dir("relay-log");
+        let log = dir.join("relay.log");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coremq-relay"))
             .arg(format!("127.0.0.1:{port}"))
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("coremq-relay starts");
         common::wait_for_port(&mut child, port, &log);
-        Relay { child, port }
+        Relay {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 
     /// Connects, sends `bytes`, and returns whether the relay closed the

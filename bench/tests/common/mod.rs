@@ -18,8 +18,26 @@ const BROKER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
-/// Creates an empty scratch folder unique to this test process and call.
-pub fn scratch_dir(name: &str) -> PathBuf {
+/// An empty scratch folder unique to this test process and call, removed
+/// with its contents on drop.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Creates a [`Scratch`] folder named after `name`.
+pub fn scratch_dir(name: &str) -> Scratch {
     let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
         "coremq-bench-test-{}-{name}-{n}",
@@ -27,7 +45,7 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     ));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("temp dir is writable");
-    dir
+    Scratch(dir)
 }
 
 /// Returns a port that was free a moment ago on 127.0.0.1.
@@ -78,6 +96,8 @@ pub struct Mosquitto {
     pub ws_port: u16,
     child: Child,
     log: PathBuf,
+    /// Holds the config and the log until the broker is gone.
+    _dir: Scratch,
 }
 
 impl Mosquitto {
@@ -113,6 +133,7 @@ impl Mosquitto {
             ws_port,
             child,
             log,
+            _dir: dir,
         }
     }
 
