@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -624,20 +624,13 @@ async fn read_loop(
         }
     };
     let last_read = Rc::new(Cell::new(Instant::now()));
-    // Dropping the task when the reader returns cancels it.
-    let _keep_alive_watch = keep_alive.map(|limit| {
-        glommio::spawn_local(watch_keep_alive(
-            conn.clone(),
-            client_id.clone(),
-            last_read.clone(),
-            limit,
-        ))
-    });
     let reading = Rc::new(Reading {
         shard: context.shard.clone(),
         read_chunk: context.read_chunk.clone(),
         conn: conn.clone(),
         client_id: client_id.clone(),
+        keep_alive,
+        last_read: last_read.clone(),
         waiting: Cell::new(false),
         handed: Cell::new(false),
         inbox: RefCell::new(Inbox {
@@ -652,6 +645,9 @@ async fn read_loop(
             ending: None,
         }),
     });
+    if let Some(limit) = keep_alive {
+        watch_keep_alive(&reading, limit);
+    }
     let _hook = HookGuard::install(&reader, &reading);
     // Whether the last read found its data ready, without waiting.
     let mut read_at_once = false;
@@ -777,6 +773,10 @@ struct Reading {
     read_chunk: Rc<RefCell<Vec<u8>>>,
     conn: Rc<Conn>,
     client_id: Arc<str>,
+    /// 1.5 times the client's Keep Alive, when it set one.
+    keep_alive: Option<Duration>,
+    /// When the last whole packet arrived.
+    last_read: Rc<Cell<Instant>>,
     /// The reader waits for the socket and does nothing else, so the
     /// readiness task may read and decode for it.
     waiting: Cell<bool>,
@@ -1159,26 +1159,80 @@ enum ReadEvent {
     CloseRequested(CloseRequest),
 }
 
-/// Closes `conn` with 0x8D (Keep alive timeout) once no whole packet has
-/// arrived for `limit`. One timer per connection runs per `limit`, rather than one per
-/// read, which matters when many clients each send a little.
-async fn watch_keep_alive(
-    conn: Rc<Conn>,
-    client_id: Arc<str>,
-    last_read: Rc<Cell<Instant>>,
-    limit: Duration,
-) {
+/// The connections of this thread's shard that have a Keep Alive. One task
+/// checks them all, so an idle connection costs an entry here rather than
+/// a timer task of its own (about 400 bytes).
+#[derive(Default)]
+struct KeepAliveWatch {
+    readings: Vec<Weak<Reading>>,
+    /// The shortest limit among `readings`; it sets how often they are
+    /// checked.
+    shortest: Option<Duration>,
+    running: bool,
+}
+
+thread_local! {
+    static KEEP_ALIVE_WATCH: RefCell<KeepAliveWatch> = RefCell::default();
+}
+
+/// The longest and shortest wait between two checks of the Keep Alive
+/// watch. A connection is closed at most one wait after its limit: a
+/// quarter of the shortest limit, within these bounds.
+const KEEP_ALIVE_CHECK_MAX: Duration = Duration::from_secs(1);
+const KEEP_ALIVE_CHECK_MIN: Duration = Duration::from_millis(100);
+
+/// Adds `reading` to its shard's Keep Alive watch, which closes the
+/// connection with 0x8D (Keep Alive timeout) once no whole packet has
+/// arrived for `limit`.
+fn watch_keep_alive(reading: &Rc<Reading>, limit: Duration) {
+    let start = KEEP_ALIVE_WATCH.with(|watch| {
+        let mut watch = watch.borrow_mut();
+        watch.readings.push(Rc::downgrade(reading));
+        watch.shortest = Some(watch.shortest.map_or(limit, |shortest| shortest.min(limit)));
+        !std::mem::replace(&mut watch.running, true)
+    });
+    if start {
+        glommio::spawn_local(check_keep_alives()).detach();
+    }
+}
+
+/// Closes the watched connections whose Keep Alive ran out, until none is
+/// left to watch.
+async fn check_keep_alives() {
     loop {
-        let due = last_read.get() + limit;
+        let wait = KEEP_ALIVE_WATCH.with(|watch| {
+            let shortest = watch.borrow().shortest.unwrap_or(KEEP_ALIVE_CHECK_MAX);
+            (shortest / 4).clamp(KEEP_ALIVE_CHECK_MIN, KEEP_ALIVE_CHECK_MAX)
+        });
+        glommio::timer::sleep(wait).await;
         let now = Instant::now();
-        if now >= due {
-            info!(client_id = %client_id, peer = %conn.peer, "keep alive timed out");
-            conn.request_close(CloseRequest {
-                reason: Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+        let done = KEEP_ALIVE_WATCH.with(|watch| {
+            let mut watch = watch.borrow_mut();
+            let mut shortest = None;
+            watch.readings.retain(|weak| {
+                let Some(reading) = weak.upgrade() else {
+                    return false;
+                };
+                let Some(limit) = reading.keep_alive else {
+                    return false;
+                };
+                if now >= reading.last_read.get() + limit {
+                    info!(client_id = %reading.client_id, peer = %reading.conn.peer, "keep alive timed out");
+                    reading.conn.request_close(CloseRequest {
+                        reason: Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+                    });
+                    return false;
+                }
+                shortest = Some(shortest.map_or(limit, |s: Duration| s.min(limit)));
+                true
             });
+            watch.shortest = shortest;
+            watch.running = !watch.readings.is_empty();
+            !watch.running
+        });
+        if done {
             return;
         }
-        glommio::timer::sleep(due - now).await;
     }
 }
 

@@ -251,6 +251,45 @@ fn keep_alive_enforced_v311() {
 }
 
 #[test]
+fn keep_alive_watch_closes_only_the_silent_client() {
+    // The connections of a shard share one Keep Alive watch, checked more
+    // often once a client with a short Keep Alive joins. The silent client
+    // with 1 s goes in time; the one with 60 s and the one that pings stay.
+    let broker = Broker::start(&["--shards", "1"]);
+    let mut clients = Vec::new();
+    for (id, keep_alive) in [("long", 60), ("short", 1), ("pinging", 1)] {
+        let mut client = RawClient::connect(broker.addr());
+        let mut connect = connect_v5(id);
+        connect.keep_alive = keep_alive;
+        assert_eq!(client.connect_with(connect).reason, ReasonCode::SUCCESS);
+        clients.push(client);
+    }
+    let started = Instant::now();
+    let mut pinging = clients.pop().expect("three clients");
+    let mut short = clients.pop().expect("three clients");
+    let mut long = clients.pop().expect("three clients");
+    let pinger = std::thread::spawn(move || {
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(500));
+            pinging.ping();
+        }
+    });
+
+    let disconnect = short.expect_closed_within(Duration::from_secs(4));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1000) && elapsed <= Duration::from_millis(2600),
+        "closed after {elapsed:?}"
+    );
+    assert_eq!(
+        disconnect.map(|packet| packet.reason),
+        Some(ReasonCode::KEEP_ALIVE_TIMEOUT)
+    );
+    pinger.join().expect("the pinging client stays connected");
+    long.ping();
+}
+
+#[test]
 fn keep_alive_reset_by_pingreq() {
     let broker = Broker::start(&[]);
     let mut client = RawClient::connect(broker.addr());
