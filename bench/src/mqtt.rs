@@ -105,6 +105,11 @@ impl Client {
         stream
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(std::io::Error::from)?;
+        // The first write waits for the TCP handshake, which the kernel
+        // would otherwise retry for about two minutes.
+        stream
+            .set_write_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(std::io::Error::from)?;
         let mut client = Client {
             stream,
             protocol: options.protocol,
@@ -142,6 +147,11 @@ impl Client {
         client.flush().await?;
 
         let connack = client.expect_connack().await?;
+        // Past the handshake, a write waits as long as the broker makes it.
+        client
+            .stream
+            .set_write_timeout(None)
+            .map_err(std::io::Error::from)?;
         client.keep_alive = connack
             .properties
             .server_keep_alive

@@ -26,3 +26,43 @@ fn refused_port_fails_promptly() {
     );
     assert!(run.text().contains("refused"), "{}", run.text());
 }
+
+#[test]
+fn unanswered_handshake_fails_promptly() {
+    // A listener with a backlog of 0 that never accepts: once one
+    // connection waits in its queue, the kernel drops the SYNs of the
+    // next, and their connects stay pending for about two minutes.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("create a socket");
+    let address: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&address.into()).expect("bind 127.0.0.1:0");
+    socket.listen(0).expect("listen");
+    let port = socket
+        .local_addr()
+        .expect("local address")
+        .as_socket()
+        .expect("an IP address")
+        .port();
+    let _queued = std::net::TcpStream::connect(("127.0.0.1", port)).expect("fill the queue");
+
+    let started = Instant::now();
+    let port = port.to_string();
+    let run = run_bench(&["idle", "-N", "1", "--port", &port, "--duration", "1"]);
+    let elapsed = started.elapsed();
+
+    // `idle` reports how many connections the broker held, so a failed
+    // one is counted, not fatal.
+    assert_eq!(run.code(), 0, "{}", run.text());
+    let report = run.report();
+    assert_eq!(
+        common::number(report, "/figures/connections_held"),
+        0.0,
+        "{report:#}"
+    );
+    assert!(run.text().contains("timed out"), "{}", run.text());
+    assert!(
+        elapsed < PROMPT_EXIT,
+        "exit took {elapsed:?}; {}",
+        run.text()
+    );
+}
