@@ -126,6 +126,25 @@ impl RawClient {
         self.peer
     }
 
+    /// Bytes the broker's socket to this client holds that this client has
+    /// not acknowledged: the `tx_queue` of that socket in `/proc/net/tcp`.
+    /// Returns `None` when the socket is not found there (IPv6, or closed).
+    pub fn unacked_by_client(&self) -> Option<u64> {
+        let local = self.stream.local_addr().ok()?;
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (socket_local, socket_remote, queues) =
+                (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+            if parse_proc_addr(socket_local)? != self.peer
+                || parse_proc_addr(socket_remote)? != local
+            {
+                return None;
+            }
+            u64::from_str_radix(queues.split(':').next()?, 16).ok()
+        })
+    }
+
     /// Protocol used to encode and decode packets.
     pub fn protocol(&self) -> Protocol {
         self.protocol
@@ -558,9 +577,25 @@ pub fn to_hex(bytes: &[u8]) -> String {
         .join(" ")
 }
 
+/// Parses an IPv4 address of `/proc/net/tcp`, such as `0100007F:0050`: the
+/// address as a hexadecimal number in host byte order, then the port.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let ip = u32::from_str_radix(ip, 16).ok()?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = std::net::Ipv4Addr::from(ip.to_ne_bytes());
+    Some(SocketAddr::from((ip, port)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_net_tcp_address_parses() {
+        let parsed = parse_proc_addr("0100007F:1F90");
+        assert_eq!(parsed, Some("127.0.0.1:8080".parse().expect("address")));
+    }
 
     #[test]
     fn hex_round_trip() {

@@ -1297,10 +1297,11 @@ fn keep_alive_ends_client_with_full_socket() {
 
     let mut stuck = RawClient::connect_with_receive_buffer(broker.addr(), 4096);
     let mut connect = connect_v5("stuck");
-    connect.keep_alive = 1;
+    connect.keep_alive = 3;
     connect.will = Some(will("stuck/will", b"gone"));
     assert_eq!(stuck.connect_with(connect).reason, ReasonCode::SUCCESS);
     stuck.subscribe("stuck/data", QoS::AtLeastOnce);
+    let last_packet = Instant::now();
 
     // About 8 MB of QoS 1 messages, which are never dropped as QoS 0 ones
     // are, so they fill the socket and the broker's output buffer.
@@ -1312,6 +1313,20 @@ fn keep_alive_ends_client_with_full_socket() {
             publisher.publish(publish("stuck/data", QoS::AtLeastOnce, packet_id, &payload));
         assert_eq!(reason, ReasonCode::SUCCESS);
     }
+    // The socket must be full before the Keep Alive runs out (4.5 s after
+    // the SUBSCRIBE), or the test would not show what it is for.
+    let queued = stuck
+        .unacked_by_client()
+        .expect("broker's socket to the stuck client");
+    assert!(
+        last_packet.elapsed() < Duration::from_millis(4500),
+        "filling the socket took {:?}, past the Keep Alive",
+        last_packet.elapsed()
+    );
+    assert!(
+        queued >= 64 * 1024,
+        "only {queued} bytes wait in the socket"
+    );
 
     let will = watcher.expect_publish_within(Duration::from_secs(10));
     assert_eq!(will.topic, "stuck/will");
