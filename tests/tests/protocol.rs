@@ -339,6 +339,33 @@ fn server_keep_alive_enforced() {
 }
 
 #[test]
+fn max_keep_alive_rejects_v311_above_it() {
+    // MQTT 3.1.1 has no Server Keep Alive, so a client that asks for more
+    // than the maximum, or for none, cannot be given less: CONNACK 0x02.
+    let broker = Broker::start(&["--max-keep-alive", "10"]);
+    for keep_alive in [0, 11, 60] {
+        let mut client = RawClient::connect(broker.addr());
+        client.set_protocol(Protocol::V311);
+        let mut connect = connect_v311(&format!("long-{keep_alive}"), true);
+        connect.keep_alive = keep_alive;
+        let connack = client.connect_with(connect);
+        assert_eq!(
+            connack.reason,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "Keep Alive {keep_alive}"
+        );
+        assert_eq!(client.expect_closed_within(CLOSE_WITHIN), None);
+    }
+
+    let mut within = RawClient::connect(broker.addr());
+    within.set_protocol(Protocol::V311);
+    let mut connect = connect_v311("within", true);
+    connect.keep_alive = 10;
+    assert_eq!(within.connect_with(connect).reason, ReasonCode::SUCCESS);
+    within.ping();
+}
+
+#[test]
 fn connack_announces_defaults() {
     let broker = Broker::start(&[]);
 

@@ -29,6 +29,23 @@ impl ShardState {
             }
         }
 
+        // MQTT 3.1.1 has no Server Keep Alive to give a client a lower limit,
+        // so a 3.1.1 client that asks for more than the maximum, or for none
+        // (0), is rejected, as Mosquitto does with `max_keepalive`.
+        let max_keep_alive = self.limits.max_keep_alive;
+        if !v5
+            && max_keep_alive != u16::MAX
+            && (connect.keep_alive == 0 || connect.keep_alive > max_keep_alive)
+        {
+            warn!(
+                client_id = %client_id,
+                keep_alive = connect.keep_alive,
+                max_keep_alive,
+                "MQTT 3.1.1 CONNECT rejected (identifier rejected): its Keep Alive is 0 or above the maximum, which only MQTT 5 can lower; connect with a Keep Alive of 1 to {max_keep_alive} s"
+            );
+            return self.reject(&conn, fail(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID));
+        }
+
         let expiry = if v5 {
             connect
                 .properties
@@ -83,7 +100,6 @@ impl ShardState {
         session.username = connect.username.as_deref().map(Arc::from);
         session.conn = Some(conn.clone());
 
-        let max_keep_alive = self.limits.max_keep_alive;
         let keep_alive = if connect.keep_alive == 0 || connect.keep_alive > max_keep_alive {
             if max_keep_alive == u16::MAX {
                 connect.keep_alive
