@@ -163,6 +163,9 @@ fn bind_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
     let mut bound = Vec::new();
     for (index, listener) in config.listeners.iter().enumerate() {
         let mut address = listener.address;
+        if address.port() != 0 {
+            check_port_free(address).map_err(|source| ServerError::Bind { address, source })?;
+        }
         let mut fds = Vec::with_capacity(config.shards);
         for _ in 0..config.shards {
             let socket =
@@ -185,6 +188,23 @@ fn bind_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
         });
     }
     Ok(bound)
+}
+
+/// Fails when another socket listens on `address`. The shards' sockets
+/// share the port with SO_REUSEPORT, which would also let them share it
+/// with another broker of the same user, each getting part of the
+/// clients. A socket without SO_REUSEPORT cannot bind a port that any
+/// listener holds.
+fn check_port_free(address: SocketAddr) -> std::io::Result<()> {
+    let domain = if address.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    // Connections of an earlier run in TIME_WAIT do not count.
+    probe.set_reuse_address(true)?;
+    probe.bind(&address.into())
 }
 
 fn bind_reuseport(address: SocketAddr) -> std::io::Result<Socket> {

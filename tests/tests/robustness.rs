@@ -239,3 +239,35 @@ fn slow_subscriber_does_not_stall_others() {
     );
     drop(slow);
 }
+
+#[test]
+fn second_broker_on_same_port_fails() {
+    // The shards share their port with SO_REUSEPORT. A second broker on the
+    // same address must not join them and take part of the clients.
+    let broker = Broker::start(&["--shards", "2"]);
+    let address = broker.addr().to_string();
+    let mut second = std::process::Command::new(coremq_tests::broker::broker_binary())
+        .args(["--listen", &address, "--shards", "1", "--storage", "memory"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a second broker");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while second.try_wait().expect("poll the second broker").is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second broker started on {address}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = second.wait_with_output().expect("second broker's output");
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let log = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("Address already in use"), "{log}");
+    assert!(log.contains(&address), "{log}");
+    let (mut client, _) = RawClient::connect_v5(broker.addr(), "still-served");
+    client.ping();
+}
