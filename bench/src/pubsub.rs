@@ -555,6 +555,10 @@ async fn publisher_task(
     // not see the publisher leave while its messages are still in flight.
     while !local.control.stopping() {
         glommio::timer::sleep(SUBSCRIBER_WAKE).await;
+        if let Err(err) = publisher.keep_alive(&mut client).await {
+            local.record_error(&format!("publisher {}", spec.id), &err);
+            break;
+        }
     }
     Counters::sub(&local.counters().connections, 1);
     client.disconnect().await;
@@ -711,7 +715,7 @@ impl<'a> Publisher<'a> {
             result?;
             self.handle_acks(client).await?;
         }
-        Ok(())
+        self.keep_alive(client).await
     }
 
     async fn handle_acks(&mut self, client: &mut Client) -> Result<(), BenchError> {
@@ -809,6 +813,7 @@ impl<'a> Publisher<'a> {
                 result?;
                 self.handle_acks(client).await?;
             }
+            self.keep_alive(client).await?;
         }
         Ok(())
     }

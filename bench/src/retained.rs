@@ -68,10 +68,10 @@ async fn run_executor(
 
     // The seeder publishes before this executor reports ready, and no
     // subscriber subscribes before every executor is ready.
-    let mut seeder = None;
+    let mut seeded = false;
     if executor == 0 {
         match seed(&local, retained).await {
-            Ok(client) => seeder = Some(client),
+            Ok(()) => seeded = true,
             Err(err) => {
                 local.record_error("retained seeder", &err);
                 local.control.abort();
@@ -88,18 +88,17 @@ async fn run_executor(
         task.await;
     }
 
-    if let Some(mut client) = seeder {
-        if let Err(err) =
-            publish_retained(&mut client, &topic_prefix(&config), retained, None).await
-        {
+    if seeded {
+        if let Err(err) = clear(&config, retained).await {
             local.record_error("clearing retained messages", &err);
         }
-        client.disconnect().await;
     }
     local.finish(ExecutorOutput::default())
 }
 
-async fn seed(local: &Local, retained: u32) -> Result<Client, BenchError> {
+/// Publishes the retained messages, then disconnects: a client left idle
+/// for the whole storm would outlive its Keep Alive.
+async fn seed(local: &Local, retained: u32) -> Result<(), BenchError> {
     let config = &local.config;
     let mut client = Client::connect(&options(config, "seed", 0, usize::MAX / 2)).await?;
     let mut payload = vec![0u8; config.payload];
@@ -118,7 +117,17 @@ async fn seed(local: &Local, retained: u32) -> Result<Client, BenchError> {
         Some(Bytes::from(payload)),
     )
     .await?;
-    Ok(client)
+    client.disconnect().await;
+    Ok(())
+}
+
+/// Deletes the retained messages [`seed`] published, on a connection of
+/// its own.
+async fn clear(config: &RunConfig, retained: u32) -> Result<(), BenchError> {
+    let mut client = Client::connect(&options(config, "clear", 0, usize::MAX / 2)).await?;
+    publish_retained(&mut client, &topic_prefix(config), retained, None).await?;
+    client.disconnect().await;
+    Ok(())
 }
 
 /// Publishes `payload` retained at QoS 1 on topics `prefix/0..count`, or an

@@ -225,3 +225,57 @@ fn subscribers_ping_within_keep_alive() {
     // 200 messages a second for 4 seconds, to each of 2 subscribers.
     assert!(number(report, "/delivered/msgs") >= 1500.0, "{report:#}");
 }
+
+/// Runs `scenario` against a fresh CoreMQ with a Keep Alive of 1 s and
+/// returns the run with the broker's log. Every client must send a packet
+/// within 1.5 s for the whole run, including the phases before and after
+/// the measurement window.
+fn run_with_keep_alive(scenario: &[&str]) -> (BenchRun, String) {
+    // The Keep Alive close is logged at info.
+    let broker = Broker::start_with_log_filter(&["--shards", "1"], Some("info"));
+    let port = broker.addr().port().to_string();
+    let mut args = scenario.to_vec();
+    args.extend([
+        "--keep-alive",
+        "1",
+        "--warmup",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ]);
+    let run = run_bench(&args);
+    (run, broker.log_text())
+}
+
+#[test]
+fn slow_qos1_publishers_ping() {
+    // At one message a second, a QoS 1 publisher's last message leaves
+    // at 4 s of 5; its drain and the wait for the subscribers come after.
+    let (run, log) = run_with_keep_alive(&[
+        "fanout",
+        "-S",
+        "5",
+        "-q",
+        "1",
+        "--rate",
+        "1",
+        "--duration",
+        "5",
+    ]);
+    assert_eq!(run.code(), 0, "{}", run.text());
+    assert!(!log.contains("keep alive timed out"), "{log}");
+    let report = run.report();
+    assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
+}
+
+#[test]
+fn retained_storm_outlasts_keep_alive() {
+    // The seeder's retained messages are cleared after a 4-second storm.
+    let (run, log) = run_with_keep_alive(&["retained", "-R", "20", "-S", "2", "--duration", "4"]);
+    assert_eq!(run.code(), 0, "{}", run.text());
+    assert!(!log.contains("keep alive timed out"), "{log}");
+    let report = run.report();
+    assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
+}
