@@ -26,7 +26,7 @@ use coremq_shard::{
 };
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Config;
 use crate::linger::FlushClock;
@@ -1192,7 +1192,8 @@ fn watch_keep_alive(reading: &Rc<Reading>, limit: Duration) {
         !std::mem::replace(&mut watch.running, true)
     });
     if start {
-        glommio::spawn_local(check_keep_alives()).detach();
+        // The watch logs within the span of the shard that started it.
+        glommio::spawn_local(check_keep_alives().instrument(tracing::Span::current())).detach();
     }
 }
 

@@ -25,7 +25,7 @@ pub enum DecodeError {
     #[error("invalid topic name: {0}")]
     TopicNameInvalid(String),
     /// A Topic Alias of 0 or above the receiver's maximum (0x94).
-    #[error("invalid topic alias {alias}: the maximum is {max}")]
+    #[error("invalid topic alias {alias}: aliases run from 1 to {max}")]
     TopicAliasInvalid { alias: u16, max: u16 },
 }
 

@@ -2,8 +2,16 @@
 
 /// A reason code byte. Kept as a number so that a code the specification
 /// does not list can still be carried and reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReasonCode(pub u8);
+
+/// Prints the byte in hexadecimal, `ReasonCode(0x8D)`, as the
+/// specification writes reason codes.
+impl std::fmt::Debug for ReasonCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReasonCode(0x{:02X})", self.0)
+    }
+}
 
 impl ReasonCode {
     pub const SUCCESS: ReasonCode = ReasonCode(0x00);
