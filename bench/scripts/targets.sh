@@ -7,7 +7,7 @@
 # Usage: bench/scripts/targets.sh OUT_DIR [SHARDS]
 # Needs: target/release/coremq-bench and coremq (or COREMQ_BIN), Debian's
 # mosquitto and util-linux (taskset) packages. rumqttd 0.20 comes from
-# `cargo install rumqttd --version 0.20.0`; it refuses clients without a
+# `cargo install rumqttd --version 0.20.0`. It rejects clients without a
 # Keep Alive, so every client here sends one of 60 s.
 set -eu
 

@@ -207,7 +207,7 @@ pub struct CommonArgs {
     pub protocol: ProtocolArg,
     /// Keep Alive in seconds that every client sends in CONNECT; 0 turns it
     /// off. A client pings after half of it without other writes. Some
-    /// brokers, such as rumqttd 0.20, refuse 0.
+    /// brokers, such as rumqttd 0.20, reject 0.
     #[arg(long, default_value_t = 0)]
     pub keep_alive: u16,
     /// Loopback source addresses to spread connections over, bound before connect:

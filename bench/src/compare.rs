@@ -314,7 +314,7 @@ fn default_brokers(broker_cpus: usize, common: &CommonArgs) -> Vec<BrokerSpec> {
     }
     match find_on_path("rumqttd") {
         Some(_) if common.keep_alive == 0 => tracing::warn!(
-            "rumqttd skipped: it refuses clients with Keep Alive 0; \
+            "rumqttd skipped: it rejects clients with Keep Alive 0, so \
              add --keep-alive 60 to the scenario to include it"
         ),
         Some(bin) => brokers.push(BrokerSpec {

@@ -126,7 +126,7 @@ impl RawClient {
         self.peer
     }
 
-    /// Bytes the broker's socket to this client holds that this client has
+    /// Bytes in the broker's socket to this client that this client has
     /// not acknowledged: the `tx_queue` of that socket in `/proc/net/tcp`.
     /// Returns `None` when the socket is not found there (IPv6, or closed).
     pub fn unacked_by_client(&self) -> Option<u64> {

@@ -148,13 +148,14 @@ impl Outbox {
 /// What the connection must do after a packet was handled.
 type HandleResult = Result<(), CloseRequest>;
 
-/// What [`Shard::publish_now`] did with a batch of PUBLISH packets.
+/// The outcome of [`Shard::publish_now`] for a batch of PUBLISH packets.
 pub enum PublishNow {
     /// Handled in full, with this result.
     Done(Result<(), CloseRequest>),
-    /// Routed; the rest of the work and the replies wait in this future.
+    /// Routed, with the rest of the work and the replies left in this future.
     Rest(std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CloseRequest>>>>),
-    /// Untouched: it needs the log or the store, so `handle_publishes`.
+    /// Untouched, because it needs the log or the store: pass it to
+    /// `handle_publishes`.
     Later(Vec<Publish>),
 }
 
