@@ -197,28 +197,19 @@ fn qos0_reports_no_acks() {
 /// the 4-second run only by pinging while messages arrive.
 #[test]
 fn subscribers_ping_within_keep_alive() {
-    let broker = Broker::start(&["--shards", "1"]);
-    let port = broker.addr().port().to_string();
-    let run = run_bench(&[
+    let (run, log) = run_with_keep_alive(&[
         "fanout",
         "-S",
         "2",
         "--rate",
         "200",
-        "--keep-alive",
-        "1",
         "--protocol",
         "311",
         "--duration",
         "4",
-        "--warmup",
-        "0",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
     ]);
     assert_eq!(run.code(), 0, "{}", run.text());
+    assert!(!log.contains("keep alive timed out"), "{log}");
     let report = run.report();
     assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
     assert_eq!(number(report, "/loss/lost"), 0.0, "{report:#}");

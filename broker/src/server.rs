@@ -196,18 +196,19 @@ fn bind_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
 /// clients. A socket without SO_REUSEPORT cannot bind a port that any
 /// listener holds.
 fn check_port_free(address: SocketAddr) -> std::io::Result<()> {
-    let domain = if address.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    // Connections of an earlier run in TIME_WAIT do not count.
-    probe.set_reuse_address(true)?;
-    probe.bind(&address.into())
+    tcp_socket(address)?.bind(&address.into())
 }
 
 fn bind_reuseport(address: SocketAddr) -> std::io::Result<Socket> {
+    let socket = tcp_socket(address)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket)
+}
+
+/// Creates a TCP socket for `address`'s family with SO_REUSEADDR, so that
+/// connections of an earlier run in TIME_WAIT do not block the port.
+fn tcp_socket(address: SocketAddr) -> std::io::Result<Socket> {
     let domain = if address.is_ipv6() {
         Domain::IPV6
     } else {
@@ -215,8 +216,6 @@ fn bind_reuseport(address: SocketAddr) -> std::io::Result<Socket> {
     };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&address.into())?;
     Ok(socket)
 }
 
