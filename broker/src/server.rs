@@ -160,12 +160,17 @@ struct BoundListener {
 /// Binds every listener once per shard. Port 0 is resolved by the first
 /// socket, and the others bind the port it got.
 fn bind_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
-    let mut bound = Vec::new();
-    for (index, listener) in config.listeners.iter().enumerate() {
-        let mut address = listener.address;
+    // Every port is checked before any is bound, so that no listener of
+    // this broker counts as the other process for the next one.
+    for listener in &config.listeners {
+        let address = listener.address;
         if address.port() != 0 {
             check_port_free(address).map_err(|source| ServerError::Bind { address, source })?;
         }
+    }
+    let mut bound = Vec::new();
+    for (index, listener) in config.listeners.iter().enumerate() {
+        let mut address = listener.address;
         let mut fds = Vec::with_capacity(config.shards);
         for _ in 0..config.shards {
             let socket =
