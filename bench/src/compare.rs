@@ -327,8 +327,9 @@ fn default_brokers(broker_cpus: usize, common: &CommonArgs) -> Vec<BrokerSpec> {
     brokers
 }
 
-/// rumqttd configuration with one listener on `{port}`, of the section
-/// for `protocol`: rumqttd serves MQTT 3.1.1 and 5 on different listeners.
+/// Returns a rumqttd configuration with one listener on `{port}`, in the
+/// section for `protocol`: rumqttd serves MQTT 3.1.1 and 5 on different
+/// listeners.
 /// Tried with rumqttd 0.20.0 from `cargo install rumqttd`.
 fn rumqttd_config(protocol: ProtocolArg) -> String {
     let section = match protocol {

@@ -243,7 +243,7 @@ fn run_with_keep_alive(scenario: &[&str]) -> (BenchRun, String) {
 #[test]
 fn slow_qos1_publishers_ping() {
     // At one message a second, a QoS 1 publisher's last message leaves
-    // at 4 s of 5; its drain and the wait for the subscribers come after.
+    // at 4 s of 5. Its drain and the wait for the subscribers come after.
     let (run, log) = run_with_keep_alive(&[
         "fanout",
         "-S",

@@ -79,7 +79,7 @@ fn relay_rejects_a_bad_pause() {
 struct Relay {
     child: std::process::Child,
     port: u16,
-    /// Holds the log until the relay is gone.
+    /// Keeps the log until the relay is gone.
     _dir: common::Scratch,
 }
 

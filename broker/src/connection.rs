@@ -907,8 +907,12 @@ impl Reading {
                 Step::NeedMore => return false,
                 Step::NotPublish => return true,
                 Step::Publishes(batch) => {
-                    let handling = match self.shard.publish_now(&self.conn, &self.client_id, batch)
-                    {
+                    // The decoder read the clock when the batch arrived.
+                    let received = self.last_read.get();
+                    let publish_now =
+                        self.shard
+                            .publish_now(&self.conn, &self.client_id, batch, received);
+                    let handling = match publish_now {
                         PublishNow::Done(Ok(())) => continue,
                         PublishNow::Done(Err(close)) => {
                             inbox.ending = Some(Ending::Server(close.reason));
@@ -1165,7 +1169,7 @@ enum ReadEvent {
 #[derive(Default)]
 struct KeepAliveWatch {
     readings: Vec<Weak<Reading>>,
-    /// The shortest limit among `readings`; it sets how often they are
+    /// The shortest limit among `readings`, which sets how often they are
     /// checked.
     shortest: Option<Duration>,
     running: bool,
@@ -1218,7 +1222,12 @@ async fn check_keep_alives() {
                     return false;
                 };
                 if now >= reading.last_read.get() + limit {
-                    info!(client_id = %reading.client_id, peer = %reading.conn.peer, "keep alive timed out");
+                    info!(
+                        client_id = %reading.client_id,
+                        peer = %reading.conn.peer,
+                        limit_ms = limit.as_millis() as u64,
+                        "keep alive timed out"
+                    );
                     reading.conn.request_close(CloseRequest {
                         reason: Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
                     });

@@ -251,7 +251,7 @@ fn keep_alive_enforced_v311() {
 }
 
 #[test]
-fn keep_alive_watch_closes_only_the_silent_client() {
+fn keep_alive_watch_closes_silent_client() {
     // The connections of a shard share one Keep Alive watch, checked more
     // often once a client with a short Keep Alive joins. The silent client
     // with 1 s goes in time; the one with 60 s and the one that pings stay.
@@ -278,7 +278,11 @@ fn keep_alive_watch_closes_only_the_silent_client() {
     let disconnect = short.expect_closed_within(Duration::from_secs(4));
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(1000) && elapsed <= Duration::from_millis(2600),
+        elapsed >= Duration::from_millis(1000),
+        "closed after {elapsed:?}"
+    );
+    assert!(
+        elapsed <= Duration::from_millis(2600),
         "closed after {elapsed:?}"
     );
     assert_eq!(

@@ -96,7 +96,7 @@ pub struct Mosquitto {
     pub ws_port: u16,
     child: Child,
     log: PathBuf,
-    /// Holds the config and the log until the broker is gone.
+    /// Keeps the config and the log until the broker is gone.
     _dir: Scratch,
 }
 

@@ -470,11 +470,13 @@ impl Shard {
     /// What is left to wait for (messages to other shards, and the replies
     /// that follow them) comes back as a future. A batch that needs the
     /// log or the store comes back untouched, for `handle_publishes`.
+    /// `received` is when the batch arrived, which sets message expiry.
     pub fn publish_now(
         &self,
         conn: &Rc<Conn>,
         client_id: &Arc<str>,
         publishes: Vec<Publish>,
+        received: Instant,
     ) -> PublishNow {
         let logged = self.state.borrow().persistence.is_some();
         if publishes
@@ -483,9 +485,8 @@ impl Shard {
         {
             return PublishNow::Later(publishes);
         }
-        let now = Instant::now();
-        let (steps, closing) = self.prepare_publishes(conn, client_id, publishes, now);
-        let (outbox, replies) = self.route_now(conn, steps, now);
+        let (steps, closing) = self.prepare_publishes(conn, client_id, publishes, received);
+        let (outbox, replies) = self.route_now(conn, steps, received);
         let result = closing.map_or(Ok(()), Err);
         if outbox.is_empty() {
             for reply in &replies {

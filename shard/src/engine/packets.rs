@@ -98,7 +98,12 @@ impl ShardState {
         let receive_maximum = self.limits.receive_maximum;
         let session = self.session_mut(client_id, conn)?;
         if !publish.properties.subscription_identifiers.is_empty() {
-            warn!(client_id = %client_id, peer = %conn.peer, topic = %publish.topic, "PUBLISH carries a Subscription Identifier, which only a server may send; closing with 0x82 (protocol error)");
+            warn!(
+                client_id = %client_id,
+                peer = %conn.peer,
+                topic = %publish.topic,
+                "PUBLISH carries a Subscription Identifier, which only a server may send; closing with 0x82 (protocol error)"
+            );
             return Err(close_with(ReasonCode::PROTOCOL_ERROR));
         }
         let user = session.username.clone();
@@ -153,7 +158,13 @@ impl ShardState {
                     )))
                 }
                 _ => {
-                    warn!(client_id = %client_id, peer = %conn.peer, topic = %publish.topic, qos = ?publish.qos, "PUBLISH payload is not valid UTF-8 although its Payload Format Indicator is 1; closing with 0x99 (payload format invalid)");
+                    warn!(
+                        client_id = %client_id,
+                        peer = %conn.peer,
+                        topic = %publish.topic,
+                        qos = ?publish.qos,
+                        "PUBLISH payload is not valid UTF-8 although its Payload Format Indicator is 1; closing with 0x99 (payload format invalid)"
+                    );
                     Err(close_with(ReasonCode::PAYLOAD_FORMAT_INVALID))
                 }
             };
