@@ -292,6 +292,18 @@ impl Conn {
         true
     }
 
+    /// Appends PUBLISH frames without packet ids, laid end to end, the
+    /// caller having checked each against the client's Maximum Packet Size.
+    /// Returns false, writing nothing, once a close was requested.
+    pub fn send_frames(&self, frames: &[u8]) -> bool {
+        if self.close.get().is_some() {
+            return false;
+        }
+        self.append(|output| output.extend_from_slice(frames));
+        self.wake();
+        true
+    }
+
     /// Runs `write` on the output buffer and charges what it added to the
     /// shard's budget.
     fn append(&self, write: impl FnOnce(&mut BytesMut)) {
@@ -337,6 +349,23 @@ impl Conn {
             || (!self.counted.get() && self.budget.stalled_over())
     }
 
+    /// Bytes of QoS 0 output that may still be buffered before
+    /// [`Conn::is_congested`] turns true, with the budget as it is now: 0 when
+    /// it is true already.
+    pub fn qos0_room(&self) -> usize {
+        if self.is_congested() {
+            return 0;
+        }
+        let mut limit = self.output_limit;
+        if self.budget.is_over() {
+            limit = limit.min(self.budget.share().max(OVER_BUDGET_OUTPUT));
+        }
+        if !self.counted.get() && self.budget.stalled_over() {
+            limit = limit.min(OVER_BUDGET_OUTPUT);
+        }
+        limit.saturating_sub(self.held())
+    }
+
     /// Returns true when QoS 1 and 2 messages should wait in the session
     /// rather than be written: the connection has reached its own limit,
     /// or it is stalled with 4 KiB or more queued and the stalled pool is
@@ -364,7 +393,12 @@ impl Conn {
 
     /// Counts one message dropped for this connection.
     pub fn count_dropped(&self) {
-        self.dropped.set(self.dropped.get() + 1);
+        self.count_dropped_by(1);
+    }
+
+    /// Counts `messages` dropped QoS 0 messages.
+    pub fn count_dropped_by(&self, messages: u64) {
+        self.dropped.set(self.dropped.get() + messages);
     }
 
     pub fn dropped(&self) -> u64 {
@@ -659,5 +693,58 @@ mod tests {
         // Past its share it loses them too.
         fill(&conns[1]);
         assert!(conns[1].held() >= budget.share());
+    }
+
+    /// Appends 100-byte frames and checks at each step that
+    /// [`Conn::qos0_room`] is what the next frames may take before
+    /// [`Conn::is_congested`] turns true.
+    fn check_room(conn: &Conn, frames: usize) {
+        let frame = [0u8; 100];
+        for step in 0..frames {
+            let room = conn.qos0_room();
+            assert_eq!(room > 0, !conn.is_congested(), "step {step}: room {room}");
+            if room > 0 && room <= frame.len() {
+                assert!(conn.send_frame(&frame, None, None));
+                assert!(conn.is_congested(), "step {step}: {room} bytes of room");
+                return;
+            }
+            assert!(conn.send_frame(&frame, None, None));
+        }
+    }
+
+    #[test]
+    fn qos0_room_ends_where_congestion_starts() {
+        // The connection's own limit.
+        let budget = OutputBudget::new(1 << 30);
+        let peer: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        let own = Conn::new(1, Protocol::V5, peer, u32::MAX, 0, 8 * 1024, budget.clone());
+        assert_eq!(own.qos0_room(), 8 * 1024);
+        check_room(&own, 200);
+        assert!(own.is_congested());
+        assert_eq!(own.qos0_room(), 0);
+
+        // The share of a shard over its budget.
+        let budget = OutputBudget::new(128 * 1024);
+        let conns: Vec<Conn> = (0..4).map(|id| conn(id, &budget)).collect();
+        fill(&conns[0]);
+        assert!(budget.is_over());
+        assert_eq!(conns[1].qos0_room(), budget.share());
+        check_room(&conns[1], 1000);
+        assert!(conns[1].is_congested());
+
+        // A stalled connection once the stalled pool is full.
+        let budget = OutputBudget::new(BUDGET);
+        let start = Instant::now();
+        let stalled: Vec<Conn> = (0..4).map(|id| conn(id, &budget)).collect();
+        for conn in &stalled {
+            conn.note_write_progress(start);
+            conn.note_dropped_while_stalled(start + Duration::from_secs(2));
+        }
+        fill(&stalled[0]);
+        fill(&stalled[1]);
+        assert!(budget.stalled_over());
+        assert_eq!(stalled[2].qos0_room(), OVER_BUDGET_OUTPUT);
+        check_room(&stalled[2], 1000);
+        assert!(stalled[2].is_congested());
     }
 }

@@ -227,6 +227,44 @@ impl Session {
         Some(Offer::Sent)
     }
 
+    /// Sends a run of unretained, unlogged publications on one topic as
+    /// QoS 0 copies, with one append for the run. As with one call per
+    /// message, copies go out while the connection is not congested (see
+    /// [`Conn::qos0_room`]) and the rest are dropped.
+    ///
+    /// Returns `None`, sending nothing, when the copies need one call each:
+    /// the session is disconnected or uses topic aliases, or a frame is
+    /// larger than the client's Maximum Packet Size.
+    pub fn offer_run_qos0(
+        &mut self,
+        frames: &mut RunFrames<'_>,
+        limits: &Limits,
+        now: Instant,
+    ) -> Option<()> {
+        let conn = self.conn.as_ref()?;
+        if conn.topic_alias_max != 0 {
+            return None;
+        }
+        let run = frames.get_or_encode(conn.protocol);
+        if run.largest > conn.max_packet_size as usize {
+            return None;
+        }
+        // A copy goes out when the output held less than the room before
+        // it, as `drop_if_congested` decides for one message.
+        let room = conn.qos0_room();
+        let sent = run.starts.partition_point(|start| *start < room);
+        if sent > 0 {
+            let end = run.starts.get(sent).copied().unwrap_or(run.bytes.len());
+            conn.send_frames(&run.bytes[..end]);
+        }
+        let dropped = run.starts.len() - sent;
+        if dropped > 0 {
+            conn.count_dropped_by(dropped as u64);
+            self.disconnect_if_slow(conn, limits, now);
+        }
+        Some(())
+    }
+
     fn offer_unlogged(
         &mut self,
         delivery: Delivery,
@@ -525,22 +563,8 @@ impl FrameCache {
         let index = match position {
             Some(index) => index,
             None => {
-                let mut publish = Publish {
-                    dup: false,
-                    qos,
-                    retain,
-                    topic: publication.topic.clone(),
-                    // A placeholder that every copy overwrites.
-                    packet_id: (qos != QoS::AtMostOnce).then_some(1),
-                    properties: Properties::default(),
-                    payload: publication.payload.clone(),
-                };
-                if protocol == Protocol::V5 {
-                    publish.properties = publication.properties.clone();
-                    publish.properties.message_expiry_interval = remaining;
-                }
                 let mut frame = BytesMut::new();
-                coremq_codec::encode(&Packet::Publish(publish), protocol, &mut frame);
+                encode_frame(publication, qos, retain, protocol, remaining, &mut frame);
                 let packet_id_offset = coremq_codec::publish_packet_id_offset(&frame);
                 self.frames.push(CachedFrame {
                     protocol,
@@ -553,6 +577,97 @@ impl FrameCache {
             }
         };
         &self.frames[index]
+    }
+}
+
+/// Encodes `publication` as the PUBLISH that every subscriber without a
+/// subscription identifier or topic alias receives, with a placeholder
+/// packet id at QoS 1 and 2.
+fn encode_frame(
+    publication: &Publication,
+    qos: QoS,
+    retain: bool,
+    protocol: Protocol,
+    remaining: Option<u32>,
+    out: &mut BytesMut,
+) {
+    let mut publish = Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: publication.topic.clone(),
+        // A placeholder that every copy overwrites.
+        packet_id: (qos != QoS::AtMostOnce).then_some(1),
+        properties: Properties::default(),
+        payload: publication.payload.clone(),
+    };
+    if protocol == Protocol::V5 {
+        publish.properties = publication.properties.clone();
+        publish.properties.message_expiry_interval = remaining;
+    }
+    coremq_codec::encode(&Packet::Publish(publish), protocol, out);
+}
+
+/// QoS 0 frames of a run of publications on one topic, encoded once per
+/// protocol and laid end to end, so that each subscriber takes the whole
+/// run with one append (see [`Session::offer_run_qos0`]). Expired
+/// publications are left out.
+pub struct RunFrames<'a> {
+    run: &'a [Arc<Publication>],
+    now: Instant,
+    encoded: Vec<(Protocol, RunFrame)>,
+}
+
+/// The frames of a run for one protocol.
+struct RunFrame {
+    bytes: BytesMut,
+    /// Where each frame starts in `bytes`.
+    starts: Vec<usize>,
+    /// Length of the largest frame, checked against the client's Maximum
+    /// Packet Size.
+    largest: usize,
+}
+
+impl<'a> RunFrames<'a> {
+    pub fn new(run: &'a [Arc<Publication>], now: Instant) -> RunFrames<'a> {
+        RunFrames {
+            run,
+            now,
+            encoded: Vec::new(),
+        }
+    }
+
+    fn get_or_encode(&mut self, protocol: Protocol) -> &RunFrame {
+        let index = match self.encoded.iter().position(|(p, _)| *p == protocol) {
+            Some(index) => index,
+            None => {
+                let mut frame = RunFrame {
+                    bytes: BytesMut::new(),
+                    starts: Vec::with_capacity(self.run.len()),
+                    largest: 0,
+                };
+                for publication in self.run {
+                    if publication.is_expired(self.now) {
+                        continue;
+                    }
+                    let start = frame.bytes.len();
+                    let remaining = publication.remaining_expiry(self.now);
+                    encode_frame(
+                        publication,
+                        QoS::AtMostOnce,
+                        false,
+                        protocol,
+                        remaining,
+                        &mut frame.bytes,
+                    );
+                    frame.largest = frame.largest.max(frame.bytes.len() - start);
+                    frame.starts.push(start);
+                }
+                self.encoded.push((protocol, frame));
+                self.encoded.len() - 1
+            }
+        };
+        &self.encoded[index].1
     }
 }
 

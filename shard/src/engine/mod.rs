@@ -22,10 +22,10 @@ use crate::mesh::{ShardId, ShardMsg};
 use crate::message::{Delivery, Publication};
 use crate::persist::{self, Persistence};
 use crate::retained::RetainedStore;
-use crate::session::{pubresp, FrameCache, Session, Subscription};
+use crate::session::{pubresp, FrameCache, RunFrames, Session, Subscription};
 use crate::trie::FilterTrie;
 use crate::Limits;
-use packets::PublishStep;
+use packets::{PendingAck, PublishStep};
 use sessions::{SessionHint, SessionTable};
 
 mod durability;
@@ -143,6 +143,14 @@ impl Outbox {
         self.acks.push(receiver);
         sender
     }
+}
+
+/// Returns true when `next` may be routed in one run with `first` (see
+/// [`ShardState::route_run`]): both on the same topic at the same QoS,
+/// neither retained nor in the log.
+fn joins_run(first: &Publication, next: &Publication) -> bool {
+    let plain = |p: &Publication| !p.retain && p.log_offset.is_none();
+    plain(first) && plain(next) && first.qos == next.qos && first.topic == next.topic
 }
 
 /// What the connection must do after a packet was handled.
@@ -608,7 +616,11 @@ impl Shard {
         let mut outbox = Outbox::default();
         let mut replies = Vec::new();
         let mut state = self.state.borrow_mut();
-        for step in steps {
+        let mut steps = steps.into_iter().peekable();
+        // Publications and acknowledgements of the run being gathered.
+        let mut run: Vec<Arc<Publication>> = Vec::new();
+        let mut acks: Vec<PendingAck> = Vec::new();
+        while let Some(step) = steps.next() {
             match step {
                 PublishStep::Reply(reply) => replies.push(reply),
                 PublishStep::Drop => {}
@@ -616,14 +628,39 @@ impl Shard {
                     publication,
                     ack,
                     retain_ack_needed,
-                } => replies.extend(state.finish_publish(
-                    conn.protocol,
-                    Arc::new(publication),
-                    ack,
-                    retain_ack_needed,
-                    now,
-                    &mut outbox,
-                )),
+                } => {
+                    run.push(Arc::new(publication));
+                    acks.push(ack);
+                    while let Some(PublishStep::Route { publication, .. }) = steps.peek() {
+                        if !joins_run(&run[0], publication) {
+                            break;
+                        }
+                        let Some(PublishStep::Route {
+                            publication, ack, ..
+                        }) = steps.next()
+                        else {
+                            unreachable!("the peeked step routes");
+                        };
+                        run.push(Arc::new(publication));
+                        acks.push(ack);
+                    }
+                    if run.len() == 1 {
+                        replies.extend(state.finish_publish(
+                            conn.protocol,
+                            run.pop().expect("the run has one publication"),
+                            acks.pop().expect("the run has one acknowledgement"),
+                            retain_ack_needed,
+                            now,
+                            &mut outbox,
+                        ));
+                        continue;
+                    }
+                    let matched = state.route_run(&run, now, &mut outbox);
+                    run.clear();
+                    for ack in acks.drain(..) {
+                        replies.extend(packets::ack_for(conn.protocol, ack, matched));
+                    }
+                }
             }
         }
         (outbox, replies)

@@ -252,15 +252,21 @@ impl ShardState {
         outbox: &mut Outbox,
     ) -> Option<Packet> {
         let matched = self.route(&publication, retain_ack_needed, now, outbox);
-        ack.map(|(kind, packet_id)| {
-            let reason = if matched || protocol == Protocol::V311 {
-                ReasonCode::SUCCESS
-            } else {
-                ReasonCode::NO_MATCHING_SUBSCRIBERS
-            };
-            pubresp(kind, packet_id, reason)
-        })
+        ack_for(protocol, ack, matched)
     }
+}
+
+/// Builds the acknowledgement owed for a routed PUBLISH, if any: Success,
+/// or No Matching Subscribers to an MQTT 5 client when `matched` is false.
+pub(super) fn ack_for(protocol: Protocol, ack: PendingAck, matched: bool) -> Option<Packet> {
+    ack.map(|(kind, packet_id)| {
+        let reason = if matched || protocol == Protocol::V311 {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        };
+        pubresp(kind, packet_id, reason)
+    })
 }
 
 /// The acknowledgement owed for an accepted PUBLISH: the packet kind

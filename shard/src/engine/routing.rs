@@ -66,6 +66,128 @@ impl ShardState {
         matched || shared
     }
 
+    /// Routes a run of publications from one client that share their
+    /// topic and QoS and are neither retained nor logged, in order. Matching
+    /// happens once for the run, and each subscriber takes the run in one
+    /// pass (see [`ShardState::deliver_local_run`]). Returns whether any
+    /// subscriber anywhere matched, which is the same for every publication
+    /// of the run.
+    pub(super) fn route_run(
+        &mut self,
+        run: &[Arc<Publication>],
+        now: Instant,
+        outbox: &mut Outbox,
+    ) -> bool {
+        let topic = &run[0].topic;
+        let matched = if self.shards == 1 {
+            self.deliver_local_run(run, now)
+        } else {
+            let mut targets: u64 = 0;
+            self.interest.for_each_match(topic, |shard, _| {
+                targets |= 1 << shard;
+            });
+            for shard in 0..self.shards {
+                if targets & (1 << shard) == 0 {
+                    continue;
+                }
+                if shard == self.id {
+                    self.deliver_local_run(run, now);
+                } else {
+                    for publication in run {
+                        outbox.send(shard, ShardMsg::Publish(publication.clone()));
+                    }
+                }
+            }
+            targets != 0
+        };
+        let mut shared = false;
+        if !self.shared_interest.is_empty() {
+            for publication in run {
+                shared |= self.route_shared(publication, now, outbox);
+            }
+        }
+        matched || shared
+    }
+
+    /// Delivers a run of publications (see [`ShardState::route_run`]) to
+    /// every local session with a matching subscription, in order. A
+    /// session with one plain QoS 0 subscription takes the whole run with
+    /// one append. Other sessions get one offer per message. Returns true
+    /// when a subscription matched.
+    pub(super) fn deliver_local_run(&mut self, run: &[Arc<Publication>], now: Instant) -> bool {
+        let ShardState {
+            subscriptions,
+            sessions,
+            limits,
+            ..
+        } = self;
+        let first = &run[0];
+        let mut run_frames = RunFrames::new(run, now);
+        let mut frames: Vec<FrameCache> = Vec::new();
+        // A session with several subscriptions may match more than once, so
+        // its copies are merged here and sent after the others. Every
+        // publication of the run matches the same subscriptions.
+        let mut merged: HashMap<&Arc<str>, Delivery> = HashMap::new();
+        let mut matched = false;
+
+        subscriptions.for_each_match(&first.topic, |client_id, route| {
+            matched = true;
+            let subscription = &route.subscription;
+            let options = subscription.options;
+            if options.no_local && first.publisher.as_deref() == Some(&**client_id) {
+                return;
+            }
+            let Some(session) = sessions.get_mut_hinted(client_id, &route.session) else {
+                return;
+            };
+            let delivery = Delivery {
+                publication: first.clone(),
+                qos: options.qos.min(first.qos),
+                retain: options.retain_as_published && first.retain,
+                subscription_ids: subscription.identifier.into_iter().collect(),
+            };
+            if session.subscriptions.len() != 1 {
+                match merged.get_mut(client_id) {
+                    Some(existing) => {
+                        existing.qos = existing.qos.max(delivery.qos);
+                        existing.retain |= delivery.retain;
+                        existing.subscription_ids.extend(delivery.subscription_ids);
+                    }
+                    None => {
+                        merged.insert(client_id, delivery);
+                    }
+                }
+                return;
+            }
+
+            let whole_run = delivery.qos == QoS::AtMostOnce
+                && delivery.subscription_ids.is_empty()
+                && !delivery.retain
+                && first.log_offset.is_none();
+            if whole_run
+                && session
+                    .offer_run_qos0(&mut run_frames, limits, now)
+                    .is_some()
+            {
+                return;
+            }
+            if frames.is_empty() {
+                frames.resize_with(run.len(), FrameCache::default);
+            }
+            offer_each(session, run, &delivery, limits, now, &mut frames);
+        });
+
+        if !merged.is_empty() && frames.is_empty() {
+            frames.resize_with(run.len(), FrameCache::default);
+        }
+        for (client_id, delivery) in merged {
+            if let Some(session) = sessions.get_mut(client_id) {
+                offer_each(session, run, &delivery, limits, now, &mut frames);
+            }
+        }
+        matched
+    }
+
     /// Picks one shard per matching shared subscription, round-robin over
     /// members, and sends the publication there.
     pub(super) fn route_shared(
@@ -108,64 +230,7 @@ impl ShardState {
     /// subscription, one copy per session. Returns true when a subscription
     /// matched, even one that `no_local` kept from getting the message.
     pub(super) fn deliver_local(&mut self, publication: &Arc<Publication>, now: Instant) -> bool {
-        let ShardState {
-            subscriptions,
-            sessions,
-            limits,
-            ..
-        } = self;
-        let mut frames = FrameCache::default();
-        // Sessions with several subscriptions may match more than once;
-        // their copies are merged here and sent after the others.
-        let mut merged: HashMap<&Arc<str>, Delivery> = HashMap::new();
-        let mut matched = false;
-        subscriptions.for_each_match(&publication.topic, |client_id, route| {
-            matched = true;
-            let subscription = &route.subscription;
-            let options = subscription.options;
-            if options.no_local && publication.publisher.as_deref() == Some(&**client_id) {
-                return;
-            }
-            let Some(session) = sessions.get_mut_hinted(client_id, &route.session) else {
-                return;
-            };
-            let qos = options.qos.min(publication.qos);
-            let retain = options.retain_as_published && publication.retain;
-            let single = session.subscriptions.len() == 1;
-            if single && qos == QoS::AtMostOnce && subscription.identifier.is_none() {
-                let offered =
-                    session.offer_cached_qos0(publication, retain, limits, now, &mut frames);
-                if offered.is_some() {
-                    return;
-                }
-            }
-            let delivery = Delivery {
-                publication: publication.clone(),
-                qos,
-                retain,
-                subscription_ids: subscription.identifier.into_iter().collect(),
-            };
-            if single {
-                session.offer(delivery, limits, now, &mut frames);
-                return;
-            }
-            match merged.get_mut(client_id) {
-                Some(existing) => {
-                    existing.qos = existing.qos.max(delivery.qos);
-                    existing.retain |= delivery.retain;
-                    existing.subscription_ids.extend(delivery.subscription_ids);
-                }
-                None => {
-                    merged.insert(client_id, delivery);
-                }
-            }
-        });
-        for (client_id, delivery) in merged {
-            if let Some(session) = sessions.get_mut(client_id) {
-                session.offer(delivery, limits, now, &mut frames);
-            }
-        }
-        matched
+        self.deliver_local_run(std::slice::from_ref(publication), now)
     }
 
     /// Delivers to one local member of `share`, preferring connected ones;
@@ -233,5 +298,33 @@ impl ShardState {
             subscription_ids: subscription.identifier.into_iter().collect(),
         };
         session.offer(delivery, &self.limits, now, &mut FrameCache::default());
+    }
+}
+
+/// Offers each publication of `run` to `session` in order, with what
+/// `delivery` sets for the run (QoS, RETAIN flag and subscription
+/// identifiers). `frames` has one cache per publication.
+fn offer_each(
+    session: &mut Session,
+    run: &[Arc<Publication>],
+    delivery: &Delivery,
+    limits: &Limits,
+    now: Instant,
+    frames: &mut [FrameCache],
+) {
+    let plain = delivery.qos == QoS::AtMostOnce && delivery.subscription_ids.is_empty();
+    for (publication, frames) in run.iter().zip(frames.iter_mut()) {
+        if plain
+            && session
+                .offer_cached_qos0(publication, delivery.retain, limits, now, frames)
+                .is_some()
+        {
+            continue;
+        }
+        let delivery = Delivery {
+            publication: publication.clone(),
+            ..delivery.clone()
+        };
+        session.offer(delivery, limits, now, frames);
     }
 }
