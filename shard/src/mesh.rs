@@ -48,6 +48,10 @@ impl std::fmt::Debug for Handoff {
 pub enum ShardMsg {
     /// Deliver to the receiving shard's matching sessions.
     Publish(Arc<Publication>),
+    /// Deliver, in order, publications from one client on one topic at
+    /// one QoS, neither retained nor logged, to the receiving shard's
+    /// matching sessions, matching the topic once.
+    PublishRun(Vec<Arc<Publication>>),
     /// Deliver to one member of the shared subscription `share`
     /// (`$share/group/filter`) on the receiving shard.
     SharedPublish {

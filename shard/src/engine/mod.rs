@@ -299,6 +299,9 @@ impl Shard {
                 ShardMsg::Publish(publication) => {
                     state.deliver_local(&publication, now);
                 }
+                ShardMsg::PublishRun(run) => {
+                    state.deliver_local_run(&run, now);
+                }
                 ShardMsg::SharedPublish {
                     publication,
                     share,

@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// Publications per run sent to another shard. The mesh channels bound
+/// their backlog in messages, so this bounds the publications waiting in
+/// one channel to this many times its capacity.
+const MAX_MESH_RUN: usize = 16;
+
 impl ShardState {
     /// Routes a publication: stores it if retained, delivers it to local
     /// sessions, and queues it for every other interested shard. Returns
@@ -93,8 +98,8 @@ impl ShardState {
                 if shard == self.id {
                     self.deliver_local_run(run, now);
                 } else {
-                    for publication in run {
-                        outbox.send(shard, ShardMsg::Publish(publication.clone()));
+                    for chunk in run.chunks(MAX_MESH_RUN) {
+                        outbox.send(shard, ShardMsg::PublishRun(chunk.to_vec()));
                     }
                 }
             }
