@@ -299,7 +299,15 @@ impl Conn {
         if self.close.get().is_some() {
             return false;
         }
-        self.append(|output| output.extend_from_slice(frames));
+        self.append(|output| {
+            // Growing to powers of two, as appending frame by frame does,
+            // keeps the allocator's size classes few.
+            let needed = output.len() + frames.len();
+            if needed > output.capacity() {
+                output.reserve(needed.next_power_of_two() - output.len());
+            }
+            output.extend_from_slice(frames);
+        });
         self.wake();
         true
     }
@@ -746,5 +754,20 @@ mod tests {
         assert_eq!(stalled[2].qos0_room(), OVER_BUDGET_OUTPUT);
         check_room(&stalled[2], 1000);
         assert!(stalled[2].is_congested());
+    }
+
+    #[test]
+    fn send_frames_grows_to_powers_of_two() {
+        let budget = OutputBudget::new(BUDGET);
+        let conn = conn(1, &budget);
+        for frames in [1000, 70_000, 3, 200_000] {
+            assert!(conn.send_frames(&vec![0u8; frames]));
+            let capacity = conn.output.borrow().capacity();
+            assert!(
+                capacity.is_power_of_two(),
+                "capacity {capacity} after {frames} more bytes"
+            );
+        }
+        assert_eq!(conn.output_len(), 271_003);
     }
 }
