@@ -44,39 +44,15 @@ impl ShardState {
             }
         }
 
-        // With one shard, the interest trie contains the same filters as the
-        // subscriptions, so matching while delivering gives the result.
-        let matched = if self.shards == 1 {
-            self.deliver_local(publication, now)
-        } else {
-            let mut targets: u64 = 0;
-            self.interest
-                .for_each_match(&publication.topic, |shard, _| {
-                    targets |= 1 << shard;
-                });
-            for shard in 0..self.shards {
-                if targets & (1 << shard) == 0 {
-                    continue;
-                }
-                if shard == self.id {
-                    self.deliver_local(publication, now);
-                } else {
-                    outbox.send(shard, ShardMsg::Publish(publication.clone()));
-                }
-            }
-            targets != 0
-        };
-        let shared =
-            !self.shared_interest.is_empty() && self.route_shared(publication, now, outbox);
-        matched || shared
+        self.route_run(std::slice::from_ref(publication), now, outbox)
     }
 
-    /// Routes a run of publications from one client that share their
-    /// topic and QoS and are neither retained nor logged, in order. Matching
-    /// happens once for the run, and each subscriber takes the run in one
-    /// pass (see [`ShardState::deliver_local_run`]). Returns whether any
-    /// subscriber anywhere matched, which is the same for every publication
-    /// of the run.
+    /// Routes a run of publications from one client, in order: several
+    /// that share their topic and QoS and are neither retained nor logged,
+    /// or any single one. Matching happens once for the run, and each
+    /// subscriber takes the run in one pass (see
+    /// [`ShardState::deliver_local_run`]). Returns whether any subscriber
+    /// anywhere matched, which is the same for every publication of the run.
     pub(super) fn route_run(
         &mut self,
         run: &[Arc<Publication>],
@@ -84,6 +60,8 @@ impl ShardState {
         outbox: &mut Outbox,
     ) -> bool {
         let topic = &run[0].topic;
+        // With one shard, the interest trie contains the same filters as the
+        // subscriptions, so matching while delivering gives the result.
         let matched = if self.shards == 1 {
             self.deliver_local_run(run, now)
         } else {
@@ -99,7 +77,11 @@ impl ShardState {
                     self.deliver_local_run(run, now);
                 } else {
                     for chunk in run.chunks(MAX_MESH_RUN) {
-                        outbox.send(shard, ShardMsg::PublishRun(chunk.to_vec()));
+                        let msg = match chunk {
+                            [publication] => ShardMsg::Publish(publication.clone()),
+                            _ => ShardMsg::PublishRun(chunk.to_vec()),
+                        };
+                        outbox.send(shard, msg);
                     }
                 }
             }
