@@ -160,6 +160,37 @@ fn close_after_publish_sends_the_will() {
 }
 
 #[test]
+fn close_behind_publishes_sends_the_will() {
+    // The FIN arrives with the data, so one edge-triggered event reports
+    // both. The broker must read on after a read that does not fill its
+    // buffer, because no later event reports the end of the stream.
+    for shards in ["1", "2"] {
+        let broker = Broker::start(&["--shards", shards]);
+        let (mut watcher, _) = RawClient::connect_v5(broker.addr(), "watcher");
+        watcher.subscribe("gone/#", QoS::AtMostOnce);
+        for (trial, publishes) in [1, 1, 1, 100, 100, 100].into_iter().enumerate() {
+            let client_id = format!("leaver{trial}");
+            let mut client = RawClient::connect(broker.addr());
+            let mut connect = packets::connect_v5(&client_id);
+            connect.keep_alive = 0;
+            connect.will = Some(packets::will(&format!("gone/{client_id}"), b"will"));
+            client.connect_with(connect);
+            let batch: Vec<Packet> = (0..publishes)
+                .map(|_| Packet::Publish(publish("note", QoS::AtMostOnce, 0, b"x")))
+                .collect();
+            client.send_bytes(&encode_all(&batch));
+            drop(client);
+            let will = watcher.expect_publish_within(WAIT);
+            assert_eq!(
+                will.topic,
+                format!("gone/{client_id}"),
+                "Will after {publishes} PUBLISH and a FIN, {shards} shard(s)"
+            );
+        }
+    }
+}
+
+#[test]
 fn longest_read_pause_loses_nothing() {
     // Sixteen publishers at once make busy passes, after which the shard
     // waits 10 ms before it reads again. Every message must still arrive,

@@ -29,6 +29,9 @@ use std::time::Duration;
 use futures_lite::AsyncReadExt;
 use tracing::warn;
 
+/// Events that report the peer's end of the stream or an error.
+const HANG_UP_EVENTS: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
 /// Events taken from the set per `epoll_wait` call.
 const EVENTS_PER_CALL: usize = 256;
 
@@ -113,6 +116,10 @@ struct Slot {
     /// Data may be waiting: the socket has not been read empty since the
     /// set last reported it.
     ready: bool,
+    /// The set reported the peer's end of the stream (or an error). No
+    /// later event comes for it, so a read that does not fill its buffer
+    /// does not mean the socket is empty: the next read returns the end.
+    hung_up: bool,
     /// The task that waits for the socket to become readable.
     waker: Option<Waker>,
     /// Reads for the waiting task, if the connection set one.
@@ -155,6 +162,7 @@ impl ReadinessSet {
             // A new socket may already hold data: read before waiting.
             slot.fd = fd;
             slot.ready = true;
+            slot.hung_up = false;
             slot.waker = None;
             slot.hook = None;
             (index, slot.generation)
@@ -291,6 +299,9 @@ impl ReadinessSet {
                     continue;
                 }
                 slot.ready = true;
+                if event.events & HANG_UP_EVENTS != 0 {
+                    slot.hung_up = true;
+                }
                 match &slot.hook {
                     Some(hook) if slot.waker.is_some() => {
                         hooked.push(HookCall {
@@ -329,8 +340,10 @@ impl ReadinessSet {
             if slot.generation != generation {
                 continue;
             }
-            slot.ready = wake_reader;
-            if wake_reader {
+            // After a hang-up the reader must read on to the end of the
+            // stream, even when the hook read the socket's data.
+            slot.ready = wake_reader || slot.hung_up;
+            if slot.ready {
                 if let Some(waker) = slot.waker.take() {
                     waker.wake();
                 }
@@ -406,8 +419,9 @@ impl Registration {
             Ok(read) => {
                 // A read that did not fill `buf` emptied the socket. With
                 // an edge-triggered set, data that arrives after it is
-                // reported again, so the next read can wait for that.
-                if read < buf.len() && read > 0 {
+                // reported again, so the next read can wait for that. The
+                // end of the stream is not reported again once it was.
+                if read < buf.len() && read > 0 && !self.hung_up() {
                     self.set_ready(false);
                 }
                 Poll::Ready(Ok(read))
@@ -433,6 +447,11 @@ impl Registration {
         }
         store_waker(&mut slot.waker, cx.waker());
         false
+    }
+
+    /// Returns whether the set reported the end of the stream.
+    fn hung_up(&self) -> bool {
+        self.set.slots.borrow().entries[self.index as usize].hung_up
     }
 
     /// Sets whether the socket may hold data. After `false`, the next
@@ -570,6 +589,31 @@ mod tests {
             assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
             drop(socket.peer);
             assert_eq!(wait_for_wake(&socket.counter, 2).await, 3);
+            assert!(matches!(
+                socket.registration.poll_recv(&cx, &mut buf),
+                Poll::Ready(Ok(0))
+            ));
+        });
+    }
+
+    #[test]
+    fn end_behind_data_reads_as_zero() {
+        run(|| async {
+            let mut socket = registered_pair();
+            let cx = Context::from_waker(&socket.waker);
+            let mut buf = [0u8; 16];
+            assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
+
+            // Data and the end of the stream arrive before the set is
+            // waited for, so one event reports both.
+            socket.peer.write_all(b"abc").expect("write");
+            drop(socket.peer);
+            assert_eq!(wait_for_wake(&socket.counter, 0).await, 1);
+            assert!(matches!(
+                socket.registration.poll_recv(&cx, &mut buf),
+                Poll::Ready(Ok(3))
+            ));
+            // The short read did not empty the socket: the end is next.
             assert!(matches!(
                 socket.registration.poll_recv(&cx, &mut buf),
                 Poll::Ready(Ok(0))
