@@ -273,6 +273,21 @@ def test_close_frame_ends_session(broker_factory):
     broker.wait_for_log(re.compile(r'disconnected client_id="?ws-close"?.*ending=Eof'))
 
 
+def test_close_behind_publish_ends_session(broker_factory):
+    # The FIN arrives right behind the PUBLISH, so one readiness event can
+    # report both, and the broker must read on to the end of the stream.
+    broker, ws_listener = ws_broker(broker_factory)
+    for trial in range(5):
+        client_id = f"ws-eof-{trial}"
+        ws, _ = RawWebSocket.connect(ws_listener.host, ws_listener.port)
+        ws.send_frame(OP_BINARY, encode_connect(client_id, 5, keep_alive=0))
+        read_packets(ws, 1)
+
+        ws.send_frame(OP_BINARY, encode_publish_qos0("eof/topic", b"last", 5))
+        ws.close()
+        broker.wait_for_log(re.compile(rf'disconnected client_id="?{client_id}"?.*ending=Eof'))
+
+
 # Bad input
 
 
