@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use coremq_codec::{
@@ -16,7 +16,7 @@ use coremq_codec::{
     PubResponse, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions, Unsubscribe,
     MAX_PACKET_SIZE,
 };
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::error::BenchError;
@@ -31,6 +31,10 @@ const CLIENT_RECEIVE_MAXIMUM: u16 = u16::MAX;
 /// Time allowed for sending DISCONNECT and closing the socket. A publisher's
 /// DISCONNECT waits behind every message still in its socket buffer.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Time a client whose write failed spends looking for the DISCONNECT
+/// that the broker sent before it closed the connection.
+const CLOSE_REASON_WAIT: Duration = Duration::from_millis(500);
 
 /// Time allowed for CONNACK, SUBACK and UNSUBACK.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -278,6 +282,43 @@ impl Client {
                 Err(BenchError::Disconnected(disconnect.reason))
             }
             other => Ok(other),
+        }
+    }
+
+    /// Replaces `error`, a failed write or an end of stream, with the
+    /// DISCONNECT that the broker sent before it closed the connection,
+    /// which carries the broker's reason. A client that never reads, such
+    /// as a QoS 0 publisher, otherwise reports only a broken pipe. Returns
+    /// `error` unchanged for other errors, and when no DISCONNECT arrives
+    /// within [`CLOSE_REASON_WAIT`]: MQTT 3.1.1 brokers send none.
+    pub async fn explain_close(&mut self, error: BenchError) -> BenchError {
+        if !matches!(error, BenchError::Io(_) | BenchError::Closed) {
+            return error;
+        }
+        let deadline = Instant::now() + CLOSE_REASON_WAIT;
+        loop {
+            // Packets the client left unread, such as PINGRESPs, come
+            // before the DISCONNECT.
+            loop {
+                match self.next_packet() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(disconnected @ BenchError::Disconnected(_)) => return disconnected,
+                    Err(_) => return error,
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return error;
+            }
+            let read = future::or(async { Some(self.read_more().await) }, async {
+                glommio::timer::sleep(remaining).await;
+                None
+            })
+            .await;
+            if !matches!(read, Some(Ok(_))) {
+                return error;
+            }
         }
     }
 

@@ -542,6 +542,7 @@ async fn publisher_task(
     let mut publisher = Publisher::new(&local, &client, &spec, timeline);
     if let Err(err) = publisher.run(&mut client).await {
         if !local.control.stopping() {
+            let err = client.explain_close(err).await;
             local.record_error(&format!("publisher {}", spec.id), &err);
         }
     }
@@ -556,6 +557,7 @@ async fn publisher_task(
     while !local.control.stopping() {
         glommio::timer::sleep(SUBSCRIBER_WAKE).await;
         if let Err(err) = publisher.keep_alive(&mut client).await {
+            let err = client.explain_close(err).await;
             local.record_error(&format!("publisher {}", spec.id), &err);
             break;
         }

@@ -192,6 +192,44 @@ fn qos0_reports_no_acks() {
     assert!(!text.contains("acked"), "{text}");
 }
 
+/// A QoS 0 publisher never reads, so when CoreMQ closes it for a PUBLISH
+/// over `--max-packet-size`, the bench must look for the DISCONNECT to
+/// report the reason rather than the broken pipe of its next write.
+#[test]
+fn closed_publisher_reports_disconnect_reason() {
+    let broker = Broker::start(&["--shards", "1", "--max-packet-size", "100"]);
+    let port = broker.addr().port().to_string();
+    let run = run_bench(&[
+        "fanout",
+        "-P",
+        "1",
+        "-S",
+        "1",
+        "--rate",
+        "20",
+        "--payload",
+        "200",
+        "--port",
+        &port,
+        "--warmup",
+        "0",
+        "--duration",
+        "2",
+    ]);
+    assert_ne!(run.code(), 0, "{}", run.text());
+    let errors = run.report()["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors in the report: {}", run.text()));
+    assert_eq!(errors.len(), 1, "{}", run.text());
+    let error = errors[0].as_str().expect("errors are strings");
+    assert_eq!(
+        error,
+        "publisher 0: broker sent DISCONNECT with reason code 0x95",
+        "{}",
+        run.text()
+    );
+}
+
 /// With `--keep-alive 1`, CoreMQ closes a client that stays silent for
 /// 1.5 s. The subscribers only receive, so they keep their connections for
 /// the 4-second run only by pinging while messages arrive.
