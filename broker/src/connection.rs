@@ -633,6 +633,7 @@ async fn read_loop(
         last_read: last_read.clone(),
         waiting: Cell::new(false),
         handed: Cell::new(false),
+        read_empty: Cell::new(false),
         inbox: RefCell::new(Inbox {
             buffer,
             decoder: Decoder {
@@ -782,6 +783,8 @@ struct Reading {
     waiting: Cell<bool>,
     /// The readiness task read for the reader and woke it.
     handed: Cell<bool>,
+    /// The readiness task's last read emptied the socket.
+    read_empty: Cell<bool>,
     inbox: RefCell<Inbox>,
 }
 
@@ -876,17 +879,23 @@ impl Reading {
 }
 
 impl ReadHook for Reading {
-    fn readable(self: Rc<Self>, fd: RawFd) -> bool {
+    fn read(&self, fd: RawFd) -> bool {
         // Once the reader has work, it must see everything in order: a
         // DISCONNECT left to it comes before the end of the stream after
         // it, which would otherwise publish the Will.
         if !self.waiting.get() || self.handed.get() {
-            return true;
+            return false;
         }
         let mut inbox = self.inbox.borrow_mut();
         let read_empty = self.read_into(fd, &mut inbox);
+        self.read_empty.set(read_empty);
+        true
+    }
+
+    fn handle(self: Rc<Self>) -> bool {
+        let mut inbox = self.inbox.borrow_mut();
         let wake_reader = inbox.ending.is_some() || self.decode_publishes(&mut inbox);
-        if wake_reader || !read_empty {
+        if wake_reader || !self.read_empty.get() {
             self.handed.set(true);
             return true;
         }

@@ -70,13 +70,25 @@ pub fn set_read_pause(pause: Duration) {
 }
 
 /// Reading done by the readiness task for a socket whose reader waits.
+///
+/// A pass over the set first calls [`ReadHook::read`] for every reported
+/// socket and then [`ReadHook::handle`] for each. With many sockets that
+/// each bring one small message, the kernel's receive path and the
+/// shard's handling then each run over the whole pass, instead of
+/// evicting each other's code and data from the CPU caches once per
+/// socket.
 pub trait ReadHook {
-    /// Reads and handles the socket `fd` for its waiting reader, when the
-    /// set reports it readable ([`recv`] reads it). Returns true when the
-    /// reader must run: the socket may still hold data, or the hook left
-    /// work to the reader. Returns false when the hook read the socket
-    /// empty and handled all of it.
-    fn readable(self: Rc<Self>, fd: RawFd) -> bool;
+    /// Reads the socket `fd` for its waiting reader, when the set reports
+    /// it readable ([`recv`] reads it). Returns true when the hook keeps
+    /// what it read for [`ReadHook::handle`], and false when the reader
+    /// must run instead.
+    fn read(&self, fd: RawFd) -> bool;
+
+    /// Handles what [`ReadHook::read`] read. Returns true when the reader
+    /// must run: the socket may still hold data, or the hook left work to
+    /// the reader. Returns false when the hook read the socket empty and
+    /// handled all of it.
+    fn handle(self: Rc<Self>) -> bool;
 }
 
 /// One shard's epoll set and the state of each socket in it.
@@ -98,6 +110,19 @@ struct HookCall {
     generation: u32,
     fd: RawFd,
     hook: Rc<dyn ReadHook>,
+    /// Result of the read step: whether the socket was still in the set,
+    /// and whether the hook kept data to handle.
+    outcome: ReadOutcome,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadOutcome {
+    /// Not read yet, or the socket left the set before its read.
+    Skipped,
+    /// The reader must run.
+    WakeReader,
+    /// The hook read data to handle.
+    Handle,
 }
 
 /// Sockets of the set, by index. The epoll event of a socket carries its
@@ -309,6 +334,7 @@ impl ReadinessSet {
                             generation,
                             fd: slot.fd,
                             hook: hook.clone(),
+                            outcome: ReadOutcome::Skipped,
                         });
                     }
                     _ => {
@@ -322,17 +348,29 @@ impl ReadinessSet {
         // Hooks run with the slots released: handling a socket's data may
         // open or close other sockets of the set. A socket that left the
         // set meanwhile is skipped, as its descriptor may now be another's.
+        // Every socket is read before any is handled (see `ReadHook`).
+        for call in hooked.iter_mut() {
+            if !self.holds(call.index, call.generation) {
+                continue;
+            }
+            call.outcome = if call.hook.read(call.fd) {
+                ReadOutcome::Handle
+            } else {
+                ReadOutcome::WakeReader
+            };
+        }
         for HookCall {
             index,
             generation,
-            fd,
             hook,
+            outcome,
+            ..
         } in hooked.drain(..)
         {
-            if !self.holds(index, generation) {
+            if outcome == ReadOutcome::Skipped || !self.holds(index, generation) {
                 continue;
             }
-            let wake_reader = hook.readable(fd);
+            let wake_reader = outcome == ReadOutcome::WakeReader || hook.handle();
             let mut slots = self.slots.borrow_mut();
             let Some(slot) = slots.entries.get_mut(index as usize) else {
                 continue;
@@ -631,17 +669,20 @@ mod tests {
     }
 
     impl ReadHook for TestHook {
-        fn readable(self: Rc<Self>, fd: RawFd) -> bool {
+        fn read(&self, fd: RawFd) -> bool {
             self.calls.set(self.calls.get() + 1);
             let mut buf = [0u8; 64];
             loop {
                 match recv(fd, &mut buf) {
-                    Ok(0) => return true,
+                    Ok(0) => return false,
                     Ok(read) => self.bytes.borrow_mut().extend_from_slice(&buf[..read]),
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => return true,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(_) => return false,
                 }
             }
+        }
+
+        fn handle(self: Rc<Self>) -> bool {
             self.wake_reader.get()
         }
     }
@@ -694,6 +735,65 @@ mod tests {
             ));
             assert_eq!(buf[0], b'e');
             assert_eq!(hook.calls.get(), 2, "hook no longer called");
+        });
+    }
+
+    /// Hook that reads its socket empty and logs its calls under `name`.
+    struct LoggingHook {
+        name: &'static str,
+        log: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl ReadHook for LoggingHook {
+        fn read(&self, fd: RawFd) -> bool {
+            let mut buf = [0u8; 64];
+            while matches!(recv(fd, &mut buf), Ok(read) if read > 0) {}
+            self.log.borrow_mut().push(format!("read {}", self.name));
+            true
+        }
+
+        fn handle(self: Rc<Self>) -> bool {
+            self.log.borrow_mut().push(format!("handle {}", self.name));
+            false
+        }
+    }
+
+    #[test]
+    fn pass_reads_all_before_handling() {
+        run(|| async {
+            let log = Rc::new(RefCell::new(Vec::new()));
+            let mut sockets = [registered_pair(), registered_pair()];
+            let mut buf = [0u8; 4];
+            for (socket, name) in sockets.iter().zip(["a", "b"]) {
+                let hook = LoggingHook {
+                    name,
+                    log: log.clone(),
+                };
+                socket.registration.set_hook(Some(Rc::new(hook)));
+                let cx = Context::from_waker(&socket.waker);
+                assert!(socket.registration.poll_recv(&cx, &mut buf).is_pending());
+            }
+
+            // Both writes land before the readiness task runs, so one pass
+            // reports both sockets.
+            for socket in &mut sockets {
+                socket.peer.write_all(b"x").expect("write");
+            }
+            for _ in 0..400 {
+                if log.borrow().len() >= 4 {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+
+            let log = log.borrow();
+            assert_eq!(log.len(), 4, "{log:?}");
+            let mut reads = log[..2].to_vec();
+            reads.sort();
+            assert_eq!(reads, ["read a", "read b"], "{log:?}");
+            let mut handles = log[2..].to_vec();
+            handles.sort();
+            assert_eq!(handles, ["handle a", "handle b"], "{log:?}");
         });
     }
 
