@@ -185,7 +185,8 @@ pub struct ReportInput<'a> {
     /// scenarios).
     pub times_acks: bool,
     /// Whether any connection error fails the run. Connection and idle
-    /// storms report errors as a result instead.
+    /// storms report errors as a result instead, and fail only when no
+    /// connection got through.
     pub errors_fail_run: bool,
 }
 
@@ -291,7 +292,8 @@ impl Report {
             bench_process,
             figures,
             error_count: outcome.final_totals.errors,
-            connection_failed: input.errors_fail_run && outcome.final_totals.errors > 0,
+            connection_failed: outcome.final_totals.errors > 0
+                && (input.errors_fail_run || no_connection_held(outcome)),
             errors: outcome.errors.clone(),
             subscribers: outcome.subscribers.clone(),
         }
@@ -459,6 +461,21 @@ impl Report {
             let _ = writeln!(out, "\nFAILED: QoS {} messages were lost", self.qos);
         }
         out
+    }
+}
+
+/// Returns true when a storm got no connection through: `idle` held none,
+/// or `connect` timed no CONNACK in the measurement window. Storms count
+/// their connection errors as a result, but such a run measured nothing.
+fn no_connection_held(outcome: &RunOutcome) -> bool {
+    let held = outcome
+        .extra
+        .iter()
+        .find(|(name, _)| *name == "connections_held")
+        .map(|(_, held)| *held);
+    match held {
+        Some(held) => held == 0,
+        None => outcome.latency.is_empty(),
     }
 }
 

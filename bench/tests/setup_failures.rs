@@ -28,6 +28,17 @@ fn refused_port_fails_promptly() {
 }
 
 #[test]
+fn connect_storm_without_listener_fails() {
+    let port = common::free_port().to_string();
+    let run = run_bench(&["connect", "--port", &port, "--duration", "1"]);
+
+    assert_eq!(run.code(), 1, "{}", run.text());
+    let report = run.report();
+    assert!(common::number(report, "/error_count") > 0.0, "{report:#}");
+    assert!(run.text().contains("refused"), "{}", run.text());
+}
+
+#[test]
 fn unanswered_handshake_fails_promptly() {
     // A listener with a backlog of 0 that never accepts: once one
     // connection waits in its queue, the kernel drops the SYNs of the
@@ -50,9 +61,9 @@ fn unanswered_handshake_fails_promptly() {
     let run = run_bench(&["idle", "-N", "1", "--port", &port, "--duration", "1"]);
     let elapsed = started.elapsed();
 
-    // `idle` reports how many connections the broker held, so a failed
-    // one is counted, not fatal.
-    assert_eq!(run.code(), 0, "{}", run.text());
+    // `idle` counts failed connections as a result, but a run that held
+    // none measured nothing and fails.
+    assert_eq!(run.code(), 1, "{}", run.text());
     let report = run.report();
     assert_eq!(
         common::number(report, "/figures/connections_held"),
