@@ -59,4 +59,8 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of every subscription of the session that matched.
     pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/group/filter`) that chose this
+    /// session, so that the message can go to another member when the
+    /// session ends before acknowledging it.
+    pub share: Option<Arc<str>>,
 }

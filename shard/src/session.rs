@@ -184,6 +184,7 @@ impl Session {
                 qos,
                 retain: false,
                 subscription_ids: Vec::new(),
+                share: None,
             });
         }
         outcome

@@ -1022,6 +1022,54 @@ fn shared_subscription_spreads_messages() {
     );
 }
 
+/// A member that ends its session holding messages of the group (two in
+/// flight, unacknowledged, and the rest queued behind its Receive Maximum)
+/// hands them to the other members: each acknowledged message still
+/// reaches the group once.
+#[test]
+fn shared_member_leaving_hands_messages_on() {
+    const MESSAGES: u16 = 30;
+    let broker = Broker::start(&[]);
+    let mut leaver = RawClient::connect(broker.addr());
+    let mut connect = connect_v5("leaver");
+    connect.properties.receive_maximum = Some(2);
+    leaver.connect_with(connect);
+    leaver.subscribe("$share/g/leave/t", QoS::AtLeastOnce);
+    let [(mut member0, _), (mut member1, _)] = clients_on_both_shards(&broker, "stayer");
+    member0.subscribe("$share/g/leave/t", QoS::AtLeastOnce);
+    member1.subscribe("$share/g/leave/t", QoS::AtLeastOnce);
+
+    let mut publisher = RawClient::connect(broker.addr());
+    publisher.baseline_connect("leave-pub");
+    for index in 0..MESSAGES {
+        let reason = publisher.publish(publish(
+            "leave/t",
+            QoS::AtLeastOnce,
+            index + 1,
+            index.to_string().as_bytes(),
+        ));
+        assert_eq!(reason, ReasonCode::SUCCESS, "PUBACK of message {index}");
+    }
+
+    // The leaver reads its two messages in flight, acknowledges neither,
+    // and ends its session (expiry 0) with a normal DISCONNECT.
+    let held = leaver.expect_publish();
+    assert_eq!(held.qos, QoS::AtLeastOnce);
+    leaver.disconnect(ReasonCode::SUCCESS);
+
+    let mut received: Vec<u32> = payload_strings(&mut member0)
+        .iter()
+        .chain(payload_strings(&mut member1).iter())
+        .map(|payload| payload.parse().expect("numeric payload"))
+        .collect();
+    received.sort();
+    assert_eq!(
+        received,
+        (0..u32::from(MESSAGES)).collect::<Vec<u32>>(),
+        "each message to exactly one remaining member"
+    );
+}
+
 fn payload_strings(client: &mut RawClient) -> Vec<String> {
     client
         .drain_publishes(QUIET)

@@ -307,6 +307,9 @@ fn replay_delivery(session: &Session, publication: &Arc<Publication>) -> Option<
                     qos,
                     retain,
                     subscription_ids: subscription.identifier.into_iter().collect(),
+                    // TODO: a restored session does not know which of its
+                    // messages a shared subscription chose it for.
+                    share: None,
                 })
             }
         }

@@ -80,6 +80,7 @@ impl ShardState {
                     self.publish_will(&old.client_id, will, now, outbox);
                 }
                 self.drop_subscriptions(&old, outbox);
+                self.redispatch_shared(&old, now, outbox);
             } else {
                 session_present = true;
                 resumed = Some(old);
@@ -226,6 +227,7 @@ impl ShardState {
             let session = self.sessions.remove(client_id).expect("found above");
             self.forget_session(client_id);
             self.drop_subscriptions(&session, outbox);
+            self.redispatch_shared(&session, now, outbox);
             if let Some(will) = will {
                 self.publish_will(client_id, will, now, outbox);
             }
@@ -302,9 +304,11 @@ impl ShardState {
                     let mut session = state.sessions.remove(&client_id).expect("checked above");
                     state.forget_session(&client_id);
                     debug!(client_id = %client_id, "session expired");
+                    let now = Instant::now();
                     state.drop_subscriptions(&session, &mut outbox);
+                    state.redispatch_shared(&session, now, &mut outbox);
                     if let Some(will) = session.will.take() {
-                        state.publish_will(&client_id, will, Instant::now(), &mut outbox);
+                        state.publish_will(&client_id, will, now, &mut outbox);
                     }
                 }
             }

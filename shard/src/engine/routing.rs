@@ -2,6 +2,7 @@
 //! forwarding to other shards.
 
 use super::*;
+use crate::session::OutboundState;
 
 /// Publications per run sent to another shard. The mesh channels bound
 /// their backlog in messages, so this bounds the publications waiting in
@@ -132,6 +133,7 @@ impl ShardState {
                 qos: options.qos.min(first.qos),
                 retain: options.retain_as_published && first.retain,
                 subscription_ids: subscription.identifier.into_iter().collect(),
+                share: None,
             };
             if session.subscriptions.len() != 1 {
                 match merged.get_mut(client_id) {
@@ -283,8 +285,36 @@ impl ShardState {
             qos: options.qos.min(publication.qos),
             retain: options.retain_as_published && publication.retain,
             subscription_ids: subscription.identifier.into_iter().collect(),
+            share: Some(share.clone()),
         };
         session.offer(delivery, &self.limits, now, &mut FrameCache::default());
+    }
+}
+
+impl ShardState {
+    /// Hands the QoS 1 and 2 messages that shared subscriptions gave to
+    /// `session`, which ended without acknowledging them, to other members
+    /// of their groups. The session must have left its groups already. A
+    /// QoS 2 message whose PUBREC arrived stays with it: the client has it.
+    pub(super) fn redispatch_shared(
+        &mut self,
+        session: &Session,
+        now: Instant,
+        outbox: &mut Outbox,
+    ) {
+        let unacknowledged = session
+            .inflight
+            .values()
+            .filter(|outbound| outbound.state != OutboundState::AwaitingPubComp)
+            .map(|outbound| &outbound.delivery);
+        let orphans: Vec<(Arc<Publication>, Arc<str>)> = unacknowledged
+            .chain(session.queue.iter())
+            .filter(|delivery| delivery.qos != QoS::AtMostOnce)
+            .filter_map(|delivery| Some((delivery.publication.clone(), delivery.share.clone()?)))
+            .collect();
+        for (publication, share) in orphans {
+            self.deliver_shared(&publication, &share, 0, now, outbox);
+        }
     }
 }
 

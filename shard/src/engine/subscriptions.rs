@@ -143,6 +143,7 @@ impl ShardState {
                         qos: options.qos.min(publication.qos),
                         retain: true,
                         subscription_ids: identifier.into_iter().collect(),
+                        share: None,
                         publication,
                     });
                 }
