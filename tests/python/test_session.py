@@ -10,6 +10,13 @@ VERSIONS = pytest.mark.parametrize("version", BOTH_VERSIONS, ids=["v5", "v311"])
 
 SESSION_TAKEN_OVER = 0x8E
 
+# paho closes its socket right after sending DISCONNECT, without waiting for the
+# broker. The broker reads the old connection's DISCONNECT and the new
+# connection's CONNECT on two sockets, in either order, and a CONNECT read first
+# takes the still-open session over and reports it present. Tests that expect
+# the session gone wait this long, in seconds, before they reconnect.
+DISCONNECT_SETTLE = 0.3
+
 
 def connect_persistent(client, clean_start=False):
     """Connect with a session that outlives the connection.
@@ -75,6 +82,7 @@ def test_zero_session_expiry_ends_session_v5(broker, mqtt):
     client.connect(clean_start=True)
     client.subscribe("noexpiry/t", qos=1)
     client.disconnect()
+    time.sleep(DISCONNECT_SETTLE)
 
     connack = client.connect(clean_start=False)
 
@@ -98,6 +106,7 @@ def test_disconnect_sets_session_expiry_zero_v5(broker, mqtt):
     client.connect(clean_start=True, session_expiry=60)
     client.subscribe("expiry/disconnect", qos=1)
     client.disconnect(properties=make_properties(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
+    time.sleep(DISCONNECT_SETTLE)
 
     connack = client.connect(clean_start=False, session_expiry=60)
 
