@@ -468,13 +468,13 @@ impl Report {
 /// or `connect` timed no CONNACK in the measurement window. Storms count
 /// their connection errors as a result, but such a run measured nothing.
 fn no_connection_held(outcome: &RunOutcome) -> bool {
-    let held = outcome
+    let connections_held = outcome
         .extra
         .iter()
         .find(|(name, _)| *name == "connections_held")
-        .map(|(_, held)| *held);
-    match held {
-        Some(held) => held == 0,
+        .map(|(_, count)| *count);
+    match connections_held {
+        Some(count) => count == 0,
         None => outcome.latency.is_empty(),
     }
 }

@@ -622,7 +622,7 @@ pub struct RunFrames<'a> {
 /// The frames of a run for one protocol.
 struct RunFrame {
     bytes: BytesMut,
-    /// Where each frame starts in `bytes`.
+    /// Offset of each frame in `bytes`.
     starts: Vec<usize>,
     /// Length of the largest frame, checked against the client's Maximum
     /// Packet Size.

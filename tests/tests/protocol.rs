@@ -1053,8 +1053,8 @@ fn shared_member_leaving_hands_messages_on() {
 
     // The leaver reads its two messages in flight, acknowledges neither,
     // and ends its session (expiry 0) with a normal DISCONNECT.
-    let held = leaver.expect_publish();
-    assert_eq!(held.qos, QoS::AtLeastOnce);
+    let in_flight = leaver.expect_publish();
+    assert_eq!(in_flight.qos, QoS::AtLeastOnce);
     leaver.disconnect(ReasonCode::SUCCESS);
 
     let mut received: Vec<u32> = payload_strings(&mut member0)

@@ -307,13 +307,15 @@ impl ShardState {
             .values()
             .filter(|outbound| outbound.state != OutboundState::AwaitingPubComp)
             .map(|outbound| &outbound.delivery);
-        let orphans: Vec<(Arc<Publication>, Arc<str>)> = unacknowledged
-            .chain(session.queue.iter())
-            .filter(|delivery| delivery.qos != QoS::AtMostOnce)
-            .filter_map(|delivery| Some((delivery.publication.clone(), delivery.share.clone()?)))
-            .collect();
-        for (publication, share) in orphans {
-            self.deliver_shared(&publication, &share, 0, now, outbox);
+        // The ended session is no longer in the table, so `self` is free to
+        // deliver while its messages are read.
+        for delivery in unacknowledged.chain(session.queue.iter()) {
+            if delivery.qos == QoS::AtMostOnce {
+                continue;
+            }
+            if let Some(share) = &delivery.share {
+                self.deliver_shared(&delivery.publication, share, 0, now, outbox);
+            }
         }
     }
 }
