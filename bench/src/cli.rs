@@ -21,13 +21,13 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Number of publishers.
-        #[arg(short = 'P', long, default_value_t = 1)]
+        #[arg(short = 'P', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         publishers: u32,
         /// Number of subscribers.
-        #[arg(short = 'S', long, default_value_t = 100)]
+        #[arg(short = 'S', long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         subscribers: u32,
         /// Number of topics; publisher i and subscriber j use topic i % T and j % T.
-        #[arg(short = 'T', long, default_value_t = 1)]
+        #[arg(short = 'T', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         topics: u32,
     },
     /// P publishers, each on its own topic, send to S subscribers of a `+` wildcard.
@@ -35,10 +35,10 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Number of publishers.
-        #[arg(short = 'P', long, default_value_t = 1000)]
+        #[arg(short = 'P', long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
         publishers: u32,
         /// Number of wildcard subscribers.
-        #[arg(short = 'S', long, default_value_t = 1)]
+        #[arg(short = 'S', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         subscribers: u32,
     },
     /// N publisher-subscriber pairs, each pair on its own topic.
@@ -46,7 +46,7 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Number of pairs.
-        #[arg(short = 'N', long, default_value_t = 500)]
+        #[arg(short = 'N', long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
         pairs: u32,
     },
     /// P publishers send to one `$share` group of S members.
@@ -54,10 +54,10 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Number of publishers.
-        #[arg(short = 'P', long, default_value_t = 1)]
+        #[arg(short = 'P', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         publishers: u32,
         /// Number of group members.
-        #[arg(short = 'S', long, default_value_t = 10)]
+        #[arg(short = 'S', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
         subscribers: u32,
     },
     /// Connection storm: connect, wait for CONNACK, disconnect, repeat.
@@ -65,7 +65,7 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Connection attempts in progress at any time, over all threads.
-        #[arg(short = 'C', long, default_value_t = 64)]
+        #[arg(short = 'C', long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
         concurrency: u32,
     },
     /// Hold N idle connections and report the broker's memory per connection.
@@ -73,10 +73,10 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Number of connections to open and hold.
-        #[arg(short = 'N', long, default_value_t = 1000)]
+        #[arg(short = 'N', long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
         connections: u32,
         /// Connection attempts in progress at any time while opening them.
-        #[arg(short = 'C', long, default_value_t = 128)]
+        #[arg(short = 'C', long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
         concurrency: u32,
     },
     /// Subscribe storms against R retained topics.
@@ -84,10 +84,10 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Number of retained topics published before the storm.
-        #[arg(short = 'R', long, default_value_t = 1000)]
+        #[arg(short = 'R', long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
         retained: u32,
         /// Number of subscribers, each subscribing to all retained topics in a loop.
-        #[arg(short = 'S', long, default_value_t = 10)]
+        #[arg(short = 'S', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
         subscribers: u32,
     },
     /// Run one scenario against several brokers, one after the other.

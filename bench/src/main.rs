@@ -47,6 +47,9 @@ use crate::report::Report;
 /// Exit status of a run that failed to complete.
 const EXIT_FAILED: u8 = 1;
 
+/// Exit status of invalid command line options, as clap uses.
+const EXIT_INVALID_ARGUMENT: u8 = 2;
+
 /// Exit status of a QoS 1/2 run that lost messages.
 const EXIT_LOST_MESSAGES: u8 = 3;
 
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
 
-    let result = match &cli.command {
+    let result = check_outputs(&cli.command).and_then(|()| match &cli.command {
         Command::Compare(args) => compare::run(args).and_then(|reports| {
             write_outputs(
                 &reports,
@@ -81,7 +84,7 @@ fn main() -> ExitCode {
             )?;
             Ok(vec![report])
         }),
-    };
+    });
     match result {
         Ok(reports) if reports.iter().any(Report::failed) => ExitCode::from(EXIT_FAILED),
         Ok(reports) if reports.iter().any(Report::lost_guaranteed_messages) => {
@@ -90,9 +93,51 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
-            ExitCode::from(EXIT_FAILED)
+            match err {
+                BenchError::InvalidArgument(_) => ExitCode::from(EXIT_INVALID_ARGUMENT),
+                _ => ExitCode::from(EXIT_FAILED),
+            }
         }
     }
+}
+
+/// Checks that `--json` and `--plot` can be written before the run starts,
+/// so that a mistyped path does not cost a whole run.
+fn check_outputs(command: &Command) -> Result<(), BenchError> {
+    let (json, plot) = match command {
+        Command::Compare(args) => (args.json.as_deref(), args.plot.as_deref()),
+        command => {
+            let common = command.common().expect("compare is matched above");
+            (common.json.as_deref(), common.plot.as_deref())
+        }
+    };
+    for (option, path) in [("--json", json), ("--plot", plot)] {
+        if let Some(path) = path {
+            check_writable(option, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing without truncating it, and removes it again
+/// when this check created it.
+fn check_writable(option: &str, path: &Path) -> Result<(), BenchError> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|err| {
+            BenchError::InvalidArgument(format!(
+                "cannot write {option} {}: {err}. Name a file in a folder that exists and is writable",
+                path.display()
+            ))
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 /// Writes the JSON report (one object, or an array for a comparison) and the

@@ -381,7 +381,9 @@ impl Report {
                 format_count(loss.duplicates as f64),
                 format_count(loss.reordered as f64)
             );
-            rows.push(("loss".into(), value));
+            // Sequence numbers cover every message, so this row counts the
+            // warm-up and the drain too, unlike the rows of the window.
+            rows.push(("loss, whole run".into(), value));
             if let Some(worst) = &loss.worst_subscriber {
                 let value = format!(
                     "{} lost {} of {}",
@@ -730,6 +732,23 @@ mod tests {
         assert_eq!(loss.lost, 4);
         assert_eq!(loss.subscribers_with_loss, 2);
         assert_eq!(loss.worst_subscriber.unwrap().client_id, "b");
+    }
+
+    #[test]
+    fn loss_row_names_its_window() {
+        let report = Report {
+            loss: Some(LossReport {
+                expected: 80,
+                received: 80,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = report.to_text();
+        assert!(
+            text.contains("loss, whole run  ") && text.contains("0 lost of 80 expected"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -100,29 +100,22 @@ pub fn run_scenario(command: &Command) -> Result<Report, BenchError> {
             retained,
             subscribers,
             ..
-        } => {
-            if *retained == 0 {
-                return Err(BenchError::InvalidArgument(
-                    "--retained must be at least 1".into(),
-                ));
-            }
-            (
-                retained_body(config.clone(), *retained, *subscribers),
-                RunPolicy {
-                    abort_on_setup_failure: true,
-                    connections: u64::from(*subscribers) + 1,
-                    drain: false,
-                },
-                ReportInput {
-                    scenario: "retained",
-                    planned_connections: u64::from(*subscribers) + 1,
-                    latency_measures: Some("SUBSCRIBE to last retained message"),
-                    tracks_loss: false,
-                    times_acks: false,
-                    errors_fail_run: true,
-                },
-            )
-        }
+        } => (
+            retained_body(config.clone(), *retained, *subscribers),
+            RunPolicy {
+                abort_on_setup_failure: true,
+                connections: u64::from(*subscribers) + 1,
+                drain: false,
+            },
+            ReportInput {
+                scenario: "retained",
+                planned_connections: u64::from(*subscribers) + 1,
+                latency_measures: Some("SUBSCRIBE to last retained message"),
+                tracks_loss: false,
+                times_acks: false,
+                errors_fail_run: true,
+            },
+        ),
         Command::Compare(_) => unreachable!("rejected above"),
     };
 
@@ -179,7 +172,7 @@ fn add_idle_figures(
                 .insert("broker_rss_before_bytes".into(), baseline.rss_bytes as f64);
             report.figures.insert(
                 "broker_rss_per_connection_bytes".into(),
-                grown / held as f64,
+                (grown / held as f64).round(),
             );
         }
     }
