@@ -91,6 +91,10 @@ pub struct Session {
     pub log_done: BTreeSet<u64>,
     /// Highest log offset offered to this session.
     pub log_seen: u64,
+    /// Shared subscription (`$share/group/filter`) that chose this session,
+    /// per pending log offset, so that a restart returns the message to
+    /// this member.
+    pub log_shared: BTreeMap<u64, Arc<str>>,
     /// Shard-wide list of sessions whose stored record is out of date;
     /// `None` when the broker runs without a store.
     pub journal: Option<Rc<RefCell<Vec<Arc<str>>>>>,
@@ -118,6 +122,7 @@ impl Session {
             log_pending: BTreeSet::new(),
             log_done: BTreeSet::new(),
             log_seen: 0,
+            log_shared: BTreeMap::new(),
             journal: None,
             dirty: false,
         }
@@ -134,8 +139,11 @@ impl Session {
         }
     }
 
-    fn log_start(&mut self, offset: u64) {
+    fn log_start(&mut self, offset: u64, share: Option<&Arc<str>>) {
         self.log_pending.insert(offset);
+        if let Some(share) = share {
+            self.log_shared.insert(offset, share.clone());
+        }
         self.log_seen = self.log_seen.max(offset);
         self.mark_dirty();
     }
@@ -145,6 +153,7 @@ impl Session {
     fn log_finish(&mut self, delivery: &Delivery) {
         if let Some(offset) = delivery.publication.log_offset {
             if self.log_pending.remove(&offset) {
+                self.log_shared.remove(&offset);
                 self.log_done.insert(offset);
                 self.mark_dirty();
             }
@@ -174,7 +183,7 @@ impl Session {
         let Some(offset) = delivery.publication.log_offset else {
             return self.offer_unlogged(delivery, limits, now, frames);
         };
-        self.log_start(offset);
+        self.log_start(offset, delivery.share.as_ref());
         let qos = delivery.qos;
         let publication = delivery.publication.clone();
         let outcome = self.offer_unlogged(delivery, limits, now, frames);
@@ -431,7 +440,7 @@ impl Session {
     /// packet id the client already knows it by.
     pub fn restore_inflight(&mut self, packet_id: PacketId, outbound: Outbound) {
         if let Some(offset) = outbound.delivery.publication.log_offset {
-            self.log_start(offset);
+            self.log_start(offset, outbound.delivery.share.as_ref());
         }
         self.inflight.insert(packet_id, outbound);
         self.next_packet_id = packet_id.checked_add(1).unwrap_or(1).max(1);

@@ -538,3 +538,56 @@ fn batch_acked_in_order_until_bad_packet() {
     let expected: Vec<String> = (1..=10).map(|n: u32| n.to_string()).collect();
     assert_eq!(numbers, expected, "delivered messages, in order");
 }
+
+#[test]
+fn shared_members_keep_messages_across_kill() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut broker = start_durable(&dir);
+    // The group on crash/q1 has one member, which reads and never
+    // acknowledges. The group on crash/q2 has one member, which is offline,
+    // so its messages wait in the member's queue.
+    let (mut reader, _) = resume(&broker, "share-reader");
+    reader.subscribe("$share/readers/crash/q1", QoS::AtLeastOnce);
+    let (mut away, _) = resume(&broker, "share-away");
+    away.subscribe("$share/away/crash/q2", QoS::AtLeastOnce);
+    away.disconnect(ReasonCode::NORMAL_DISCONNECTION);
+
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "share-publisher");
+    let numbers: Vec<u32> = (0..4).collect();
+    for &number in &numbers {
+        for (topic, packet_id) in [("crash/q1", 1), ("crash/q2", 2)] {
+            let payload = number.to_string();
+            let message = publish(topic, QoS::AtLeastOnce, packet_id, payload.as_bytes());
+            assert_eq!(
+                publisher.publish(message),
+                ReasonCode::SUCCESS,
+                "{topic} {number}"
+            );
+        }
+    }
+    let before_kill = drain(&mut reader, false);
+    assert_eq!(before_kill.qos1, numbers);
+    // Session records are written every 20 ms, after the PUBACK.
+    thread::sleep(Duration::from_millis(300));
+    broker.kill_and_restart();
+    drop(reader);
+
+    let (mut reader, present) = resume(&broker, "share-reader");
+    assert!(present, "the reader's session did not survive the kill");
+    assert_eq!(
+        drain(&mut reader, true).qos1,
+        numbers,
+        "the reader's messages"
+    );
+
+    let (mut away, present) = resume(&broker, "share-away");
+    assert!(
+        present,
+        "the offline member's session did not survive the kill"
+    );
+    assert_eq!(
+        drain(&mut away, true).qos2,
+        numbers,
+        "the offline member's messages"
+    );
+}

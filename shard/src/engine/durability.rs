@@ -218,6 +218,11 @@ impl Shard {
             .into_iter()
             .map(|(offset, packet_id, released)| (offset, (packet_id, released)))
             .collect();
+        let shared: HashMap<u64, Arc<str>> = state
+            .shared_pending
+            .into_iter()
+            .map(|(offset, share)| (offset, share.into()))
+            .collect();
         let mut next = record.acked_offset(persist::LOG_QUEUE) + 1;
         loop {
             let batch = match persistence
@@ -244,9 +249,24 @@ impl Shard {
                     continue;
                 }
                 let publication = Arc::new(records::publication_from_message(message, now)?);
-                let Some(delivery) = replay_delivery(session, &publication) else {
-                    continue;
+                // A message that a shared subscription chose this session
+                // for comes back through it, and takes the in-flight slot:
+                // the record does not say which copy was in flight.
+                // NOTE: the choice reaches the store with the session
+                // record, up to FLUSH_INTERVAL after the publisher's PUBACK.
+                // A kill in between loses the message for the group.
+                let chosen = shared
+                    .get(&offset)
+                    .and_then(|share| replay_shared_delivery(session, share, &publication));
+                let plain = replay_delivery(session, &publication);
+                let (delivery, also) = match (chosen, plain) {
+                    (Some(chosen), plain) => (chosen, plain),
+                    (None, Some(plain)) => (plain, None),
+                    (None, None) => continue,
                 };
+                if let Some(also) = also {
+                    session.offer(also, &limits, now, &mut FrameCache::default());
+                }
                 match inflight.get(&offset) {
                     Some((packet_id, released)) => {
                         let state = match (released, delivery.qos) {
@@ -280,6 +300,25 @@ impl Shard {
     }
 }
 
+/// Builds the copy of a replayed publication that the shared subscription
+/// `share` of `session` chose it for. Returns `None` when the session no
+/// longer has that subscription.
+fn replay_shared_delivery(
+    session: &Session,
+    share: &Arc<str>,
+    publication: &Arc<Publication>,
+) -> Option<Delivery> {
+    let subscription = session.subscriptions.get(&**share)?;
+    let options = subscription.options;
+    Some(Delivery {
+        publication: publication.clone(),
+        qos: options.qos.min(publication.qos),
+        retain: options.retain_as_published && publication.retain,
+        subscription_ids: subscription.identifier.into_iter().collect(),
+        share: Some(share.clone()),
+    })
+}
+
 /// Builds the copy of a replayed publication that `session` would have
 /// received. Returns `None` when none of its non-shared subscriptions
 /// matches.
@@ -307,8 +346,6 @@ fn replay_delivery(session: &Session, publication: &Arc<Publication>) -> Option<
                     qos,
                     retain,
                     subscription_ids: subscription.identifier.into_iter().collect(),
-                    // TODO: a restored session does not know which of its
-                    // messages a shared subscription chose it for.
                     share: None,
                 })
             }

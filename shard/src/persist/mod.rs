@@ -103,6 +103,11 @@ pub fn session_record(session: &mut Session) -> SessionRecord {
         incoming_qos2,
         done_above: session.log_done.iter().copied().collect(),
         inflight,
+        shared_pending: session
+            .log_shared
+            .iter()
+            .map(|(offset, share)| (*offset, share.to_string()))
+            .collect(),
     };
     SessionRecord {
         client_id: session.client_id.to_string(),

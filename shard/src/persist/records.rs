@@ -245,6 +245,9 @@ pub struct SessionState {
     /// Outbound exchanges in flight: log offset, packet id, and whether
     /// PUBREL was sent (the client's PUBREC arrived).
     pub inflight: Vec<(u64, u16, bool)>,
+    /// Pending log offsets that a shared subscription chose this session
+    /// for, with that subscription's filter (`$share/group/filter`).
+    pub shared_pending: Vec<(u64, String)>,
 }
 
 pub fn encode_session_state(state: &SessionState) -> Bytes {
@@ -265,6 +268,11 @@ pub fn encode_session_state(state: &SessionState) -> Bytes {
         out.put_u64(*offset);
         out.put_u16(*packet_id);
         out.put_u8(u8::from(*released));
+    }
+    out.put_u32(state.shared_pending.len() as u32);
+    for (offset, share) in &state.shared_pending {
+        out.put_u64(*offset);
+        put_str(&mut out, share);
     }
     out.freeze()
 }
@@ -297,12 +305,22 @@ pub fn decode_session_state(bytes: &[u8]) -> Result<SessionState, RecordError> {
     for _ in 0..count {
         inflight.push((input.u64()?, input.u16()?, input.u8()? != 0));
     }
+    // Records written before shared offsets were stored end here.
+    let mut shared_pending = Vec::new();
+    if !input.input.is_empty() {
+        let count = input.u32()?;
+        shared_pending.reserve(count.min(65_535) as usize);
+        for _ in 0..count {
+            shared_pending.push((input.u64()?, input.str()?));
+        }
+    }
     Ok(SessionState {
         protocol,
         expiry_interval,
         incoming_qos2,
         done_above,
         inflight,
+        shared_pending,
     })
 }
 
@@ -461,11 +479,31 @@ mod tests {
             incoming_qos2: vec![1, 7],
             done_above: vec![12],
             inflight: vec![(10, 3, true)],
+            shared_pending: vec![(11, "$share/g/a/#".into())],
         });
         assert!(decode_session_state(&bytes[..bytes.len() - 1]).is_err());
         let state = decode_session_state(&bytes).expect("whole record");
         assert_eq!(state.incoming_qos2, vec![1, 7]);
         assert_eq!(state.done_above, vec![12]);
         assert_eq!(state.inflight, vec![(10, 3, true)]);
+        assert_eq!(state.shared_pending, vec![(11, "$share/g/a/#".to_string())]);
+    }
+
+    #[test]
+    fn record_without_shared_offsets_decodes() {
+        // Records written before the shared offsets were added end after
+        // the in-flight list.
+        let bytes = encode_session_state(&SessionState {
+            protocol: Protocol::V311,
+            expiry_interval: 60,
+            incoming_qos2: Vec::new(),
+            done_above: Vec::new(),
+            inflight: vec![(10, 3, false)],
+            shared_pending: Vec::new(),
+        });
+        let older = &bytes[..bytes.len() - 4];
+        let state = decode_session_state(older).expect("record without the shared list");
+        assert_eq!(state.inflight, vec![(10, 3, false)]);
+        assert!(state.shared_pending.is_empty());
     }
 }
