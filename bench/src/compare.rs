@@ -270,25 +270,25 @@ pub fn find_coremq() -> Option<PathBuf> {
 fn default_brokers(broker_cpus: usize, common: &CommonArgs) -> Vec<BrokerSpec> {
     let transport = common.transport;
     let mut brokers = Vec::new();
-    match (find_coremq(), transport) {
+    match find_coremq() {
         // Sessions and retained messages stay in memory, as in Mosquitto
         // with persistence off, so no broker pays for a disk.
-        (Some(bin), TransportArg::Tcp) => brokers.push(BrokerSpec {
-            name: "coremq".into(),
-            command: format!(
-                "{} --listen 127.0.0.1:{{port}} --shards {} --storage memory",
-                bin.display(),
-                broker_cpus.max(1)
-            ),
-            files: Vec::new(),
-        }),
-        // TODO: start coremq with a WebSocket listener once its command line
-        // can configure one; until then name it after `--` with a config file.
-        (Some(_), TransportArg::Ws) => tracing::warn!(
-            "coremq skipped: its default command has no WebSocket listener; \
-             pass coremq=COMMAND after -- with a config that listens for WebSocket on {{port}}"
-        ),
-        (None, _) => tracing::warn!(
+        Some(bin) => {
+            let listener = match transport {
+                TransportArg::Tcp => "127.0.0.1:{port}".to_owned(),
+                TransportArg::Ws => format!("ws://127.0.0.1:{{port}}{}", common.ws_path),
+            };
+            brokers.push(BrokerSpec {
+                name: "coremq".into(),
+                command: format!(
+                    "{} --listen {listener} --shards {} --storage memory",
+                    bin.display(),
+                    broker_cpus.max(1)
+                ),
+                files: Vec::new(),
+            });
+        }
+        None => tracing::warn!(
             "coremq not found: run `cargo build --release -p coremq` or set COREMQ_BIN"
         ),
     }

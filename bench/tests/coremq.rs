@@ -308,3 +308,37 @@ fn retained_storm_outlasts_keep_alive() {
     let report = run.report();
     assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
 }
+
+#[test]
+fn compare_starts_coremq_over_websocket() {
+    // With no brokers after `--`, compare starts its defaults, and CoreMQ
+    // must get a WebSocket listener on the scenario's path.
+    let dir = common::scratch_dir("compare-ws");
+    let json = dir.join("compare.json");
+    let json_arg = json.to_str().expect("UTF-8 temp path");
+    let run = run_bench(&[
+        "compare",
+        "--scenario",
+        "fanout -S 2 --rate 500 --duration 1 --warmup 0.5 --transport ws --ws-path /ws --quiet",
+        "--broker-cpus",
+        "0",
+        "--json",
+        json_arg,
+    ]);
+    assert_eq!(run.code(), 0, "{}", run.text());
+
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("compare writes --json"))
+            .expect("valid JSON");
+    // One broker's report is an object, several are an array.
+    let reports = match written {
+        Value::Array(reports) => reports,
+        report => vec![report],
+    };
+    let coremq = reports
+        .iter()
+        .find(|report| report["broker"] == "coremq")
+        .unwrap_or_else(|| panic!("no coremq report; {}", run.text()));
+    assert!(number(coremq, "/delivered/msgs") > 0.0, "{coremq:#}");
+    assert_eq!(number(coremq, "/loss/lost"), 0.0, "{coremq:#}");
+}
