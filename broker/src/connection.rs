@@ -21,8 +21,8 @@ use coremq_codec::{
     Publish, ReasonCode, MAX_PACKET_SIZE,
 };
 use coremq_shard::{
-    owner_shard, CloseRequest, Conn, ConnectOutcome, Handoff, OutputBudget, PublishNow, Shard,
-    ShardMsg,
+    owner_shard, CloseRequest, Conn, ConnectOutcome, DirectWrite, Handoff, OutputBudget,
+    PublishNow, Shard, ShardMsg,
 };
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -1304,6 +1304,7 @@ async fn write_loop(
 ) {
     let linger = clock.period();
     let mut last_write: Option<Instant> = None;
+    let _direct = DirectWriteGuard::install(&conn, &writer);
     loop {
         conn.ready().await;
         if let Some(last) = last_write.filter(|_| !linger.is_zero()) {
@@ -1335,6 +1336,44 @@ async fn write_loop(
     }
     let closed = glommio::timer::timeout(CLOSE_FLUSH_TIMEOUT, async { Ok(writer.close().await) });
     let _ = closed.await;
+}
+
+/// Non-blocking send on a plain TCP socket, for [`Conn::write_through`].
+struct TcpDirectWrite {
+    fd: RawFd,
+}
+
+impl DirectWrite for TcpDirectWrite {
+    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        readiness::send(self.fd, bytes)
+    }
+}
+
+/// Keeps a direct write installed on a connection while its writer runs.
+/// The writer owns a half of the socket, so the descriptor stays open.
+struct DirectWriteGuard<'a> {
+    conn: &'a Conn,
+}
+
+impl<'a> DirectWriteGuard<'a> {
+    fn install(conn: &'a Conn, writer: &WriteHalf<Transport>) -> DirectWriteGuard<'a> {
+        // TLS and WebSocket bytes need the writer's encoding, so only plain
+        // TCP gets a direct write.
+        let fd = writer.with_stream(|stream| match stream {
+            Transport::Tcp(tcp) => Some(std::os::fd::AsRawFd::as_raw_fd(tcp)),
+            _ => None,
+        });
+        if let Some(fd) = fd {
+            conn.set_direct_write(Some(Rc::new(TcpDirectWrite { fd })));
+        }
+        DirectWriteGuard { conn }
+    }
+}
+
+impl Drop for DirectWriteGuard<'_> {
+    fn drop(&mut self) {
+        self.conn.set_direct_write(None);
+    }
 }
 
 /// Writes `output`, recording each partial write on `conn` so the engine can

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use coremq_codec::{encode, encoded_len, Packet, Protocol, ReasonCode};
 use tracing::debug;
 
@@ -158,6 +158,14 @@ impl OutputBudget {
     }
 }
 
+/// A write of a connection's output that needs no task: a non-blocking
+/// send on a plain TCP socket, installed by the broker.
+pub trait DirectWrite {
+    /// Writes a prefix of `bytes` without waiting and returns its length.
+    /// Returns 0 or an error when the socket takes nothing now.
+    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize>;
+}
+
 /// Output side and negotiated limits of one connection.
 pub struct Conn {
     pub id: ConnId,
@@ -207,6 +215,12 @@ pub struct Conn {
     /// True when the session keeps QoS 1 and 2 messages back until the
     /// output drains (see [`Conn::take_held_back`]).
     held_back: Cell<bool>,
+    /// Direct write of the socket, when its transport has one.
+    direct_write: RefCell<Option<Rc<dyn DirectWrite>>>,
+    /// True after a direct write found the socket full, until the writer
+    /// task takes output or finishes a write. Until then no direct write is
+    /// tried, which would cost a failing system call per message.
+    direct_blocked: Cell<bool>,
 }
 
 impl Conn {
@@ -244,7 +258,49 @@ impl Conn {
             session_hint: Cell::default(),
             charged_active: Cell::new(true),
             held_back: Cell::new(false),
+            direct_write: RefCell::new(None),
+            direct_blocked: Cell::new(false),
         }
+    }
+
+    /// Installs or removes the direct write of this connection's socket
+    /// (see [`Conn::write_through`]). The broker removes it before the
+    /// socket closes.
+    pub fn set_direct_write(&self, direct: Option<Rc<dyn DirectWrite>>) {
+        *self.direct_write.borrow_mut() = direct;
+    }
+
+    /// Writes the buffered output to the socket now, without the writer
+    /// task, when that task has no write in progress. The shard calls it
+    /// before it drops or holds back a message for a full buffer. Under
+    /// load, the writer task may wait behind every other task of the
+    /// shard, so the buffer may be full only because that task has not run.
+    ///
+    /// Returns true when some bytes went out.
+    pub fn write_through(&self) -> bool {
+        if self.writing.get() != 0 || self.direct_blocked.get() || self.close.get().is_some() {
+            return false;
+        }
+        let Some(direct) = self.direct_write.borrow().clone() else {
+            return false;
+        };
+        let mut output = self.output.borrow_mut();
+        if output.is_empty() {
+            return false;
+        }
+        // An error other than a full socket shows again on the writer's
+        // next write, which closes the connection.
+        let written = direct.write_now(&output).unwrap_or(0);
+        if written == 0 {
+            self.direct_blocked.set(true);
+            return false;
+        }
+        output.advance(written);
+        drop(output);
+        // The client reads, so its output counts as draining again.
+        self.counted.set(true);
+        self.recharge();
+        true
     }
 
     /// Encodes `packet` into the output buffer and wakes the writer.
@@ -426,6 +482,7 @@ impl Conn {
     /// Records that the writer finished its write and is waiting for output.
     pub fn note_write_idle(&self) {
         self.write_progress.set(None);
+        self.direct_blocked.set(false);
         self.writing.set(0);
         self.writing_capacity.set(0);
         self.recharge();
@@ -531,6 +588,7 @@ impl Conn {
             0
         };
         self.urgent.set(false);
+        self.direct_blocked.set(false);
         self.writing.set(output.len());
         self.writing_capacity.set(output.capacity());
         let batch = std::mem::replace(&mut *output, BytesMut::with_capacity(capacity));
@@ -644,6 +702,96 @@ mod tests {
             assert!(frames < 1024, "connection never became congested");
         }
         frames
+    }
+
+    /// Direct write on one end of a Unix socket pair.
+    struct SocketWrite(std::os::unix::net::UnixStream);
+
+    impl DirectWrite for SocketWrite {
+        fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+            std::io::Write::write(&mut &self.0, bytes)
+        }
+    }
+
+    /// Returns a connection whose direct write goes to a non-blocking
+    /// socket, and the socket's other end.
+    fn conn_with_socket(budget: &Rc<OutputBudget>) -> (Conn, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        ours.set_nonblocking(true).expect("non-blocking socket");
+        theirs.set_nonblocking(true).expect("non-blocking socket");
+        let peer: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        let conn = Conn::new(
+            1,
+            Protocol::V5,
+            peer,
+            u32::MAX,
+            0,
+            16 * 1024,
+            budget.clone(),
+        );
+        conn.set_direct_write(Some(Rc::new(SocketWrite(ours))));
+        (conn, theirs)
+    }
+
+    /// Reads the bytes waiting in the socket now.
+    fn read_all(socket: &std::os::unix::net::UnixStream) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match std::io::Read::read(&mut &*socket, &mut chunk) {
+                Ok(0) => return received,
+                Ok(read) => received.extend_from_slice(&chunk[..read]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return received,
+                Err(error) => panic!("read failed: {error}"),
+            }
+        }
+    }
+
+    #[test]
+    fn write_through_drains_congested_output() {
+        let budget = OutputBudget::new(usize::MAX / 4);
+        let (conn, peer) = conn_with_socket(&budget);
+        let frames = fill(&conn);
+        assert!(conn.write_through());
+        assert!(!conn.is_congested());
+        assert_eq!(conn.held(), 0);
+        assert_eq!(read_all(&peer).len(), frames * 1024);
+    }
+
+    #[test]
+    fn write_through_waits_for_writer() {
+        let budget = OutputBudget::new(usize::MAX / 4);
+        let (conn, peer) = conn_with_socket(&budget);
+        fill(&conn);
+        // The writer took the output and its write is in progress: bytes
+        // written now would overtake it.
+        let batch = conn.take_output();
+        assert!(conn.send_frame(&[0u8; 1024], None, None));
+        assert!(!conn.write_through());
+        assert!(read_all(&peer).is_empty());
+
+        conn.note_write_idle();
+        drop(batch);
+        assert!(conn.write_through());
+        assert_eq!(read_all(&peer).len(), 1024);
+    }
+
+    #[test]
+    fn full_socket_waits_for_writer() {
+        let budget = OutputBudget::new(usize::MAX / 4);
+        let (conn, peer) = conn_with_socket(&budget);
+        // Fill the socket until it takes nothing more.
+        while {
+            fill(&conn);
+            conn.write_through()
+        } {}
+        assert!(conn.is_congested());
+        // Once the socket was full, the next try waits for the writer,
+        // even after the peer read: no system call per dropped message.
+        assert!(!read_all(&peer).is_empty());
+        assert!(!conn.write_through());
+        conn.note_write_idle();
+        assert!(conn.write_through());
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod session;
 pub mod trie;
 
 pub use authorize::{Access, Authorizer};
-pub use conn::{CloseRequest, Conn, ConnId, OutputBudget};
+pub use conn::{CloseRequest, Conn, ConnId, DirectWrite, OutputBudget};
 pub use engine::{ConnectOutcome, PublishNow, Shard};
 pub use mesh::{Handoff, ShardId, ShardMsg};
 pub use message::{Delivery, Publication};

@@ -260,12 +260,26 @@ impl Session {
             return None;
         }
         // A copy goes out when the output held less than the room before
-        // it, as `drop_if_congested` decides for one message.
-        let room = conn.qos0_room();
-        let sent = run.starts.partition_point(|start| *start < room);
-        if sent > 0 {
-            let end = run.starts.get(sent).copied().unwrap_or(run.bytes.len());
-            conn.send_frames(&run.bytes[..end]);
+        // it, as `drop_if_congested` decides for one message. Where the
+        // room ends within the run, the output is written through, and the
+        // run goes on in the room that this freed.
+        let mut sent = 0;
+        while sent < run.starts.len() {
+            let room = conn.qos0_room();
+            let base = run.starts[sent];
+            let fits = run.starts[sent..].partition_point(|start| *start - base < room);
+            if fits > 0 {
+                let end = run
+                    .starts
+                    .get(sent + fits)
+                    .copied()
+                    .unwrap_or(run.bytes.len());
+                conn.send_frames(&run.bytes[base..end]);
+                sent += fits;
+            }
+            if sent < run.starts.len() && !conn.write_through() {
+                break;
+            }
         }
         let dropped = run.starts.len() - sent;
         if dropped > 0 {
@@ -316,7 +330,7 @@ impl Session {
     /// full. The connection's writer then has the shard pump this session
     /// once the output drains.
     fn hold_back(&self, conn: &Conn) -> bool {
-        if conn.is_full() {
+        if conn.is_full() && !(conn.write_through() && !conn.is_full()) {
             conn.note_held_back();
             return true;
         }
@@ -326,7 +340,7 @@ impl Session {
     /// Returns whether a QoS 0 copy for `conn` must be dropped because its
     /// socket is congested, and counts the drop.
     fn drop_if_congested(&self, conn: &Conn, limits: &Limits, now: Instant) -> bool {
-        if !conn.is_congested() {
+        if !conn.is_congested() || (conn.write_through() && !conn.is_congested()) {
             return false;
         }
         conn.count_dropped();

@@ -37,6 +37,13 @@ impl<T> ReadHalf<T> {
     }
 }
 
+impl<T> WriteHalf<T> {
+    /// Calls `f` with the stream, which must not be polled meanwhile.
+    pub fn with_stream<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0.borrow())
+    }
+}
+
 impl<T: AsyncRead + Unpin> ReadHalf<T> {
     /// Reads like [`AsyncRead::poll_read`], through a shared reference.
     pub fn poll_read_shared(
