@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use coremq_codec::{encode, encoded_len, Packet, Protocol, ReasonCode};
 use tracing::debug;
 
@@ -281,6 +281,12 @@ impl Conn {
         if self.writing.get() != 0 || self.direct_blocked.get() || self.close.get().is_some() {
             return false;
         }
+        // NOTE: over the shard's budget, messages are dropped as before.
+        // Writing through there too raised the peak RSS of a 1 -> 1,000
+        // fan-out from 44-88 MiB to 56-165 MiB, for a reason not found yet.
+        if self.budget.is_over() {
+            return false;
+        }
         let Some(direct) = self.direct_write.borrow().clone() else {
             return false;
         };
@@ -295,7 +301,21 @@ impl Conn {
             self.direct_blocked.set(true);
             return false;
         }
-        output.advance(written);
+        // The buffer keeps its place in memory: the budget counts
+        // `capacity()`, which would leave out written bytes left in front
+        // of the cursor. A large buffer is given up, as `take_output` does.
+        if written == output.len() {
+            if output.capacity() > KEEP_OUTPUT_CAPACITY_UP_TO {
+                *output = BytesMut::with_capacity(KEEP_OUTPUT_CAPACITY_UP_TO);
+            } else {
+                output.clear();
+            }
+        } else {
+            let rest = &output[written..];
+            let mut fresh = BytesMut::with_capacity(rest.len().next_power_of_two());
+            fresh.extend_from_slice(rest);
+            *output = fresh;
+        }
         drop(output);
         // The client reads, so its output counts as draining again.
         self.counted.set(true);
@@ -774,6 +794,16 @@ mod tests {
         drop(batch);
         assert!(conn.write_through());
         assert_eq!(read_all(&peer).len(), 1024);
+    }
+
+    #[test]
+    fn write_through_skips_over_budget() {
+        let budget = OutputBudget::new(BUDGET);
+        let (conn, peer) = conn_with_socket(&budget);
+        fill(&conn);
+        assert!(budget.is_over());
+        assert!(!conn.write_through());
+        assert!(read_all(&peer).is_empty());
     }
 
     #[test]
