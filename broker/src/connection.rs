@@ -1298,65 +1298,61 @@ struct HeldBack {
 /// was full go to the shard to be sent (see [`Conn::take_held_back`]).
 async fn write_loop(
     conn: Rc<Conn>,
-    mut writer: WriteHalf<Transport>,
+    writer: WriteHalf<Transport>,
     clock: Rc<FlushClock>,
     held_back: HeldBack,
 ) {
     let linger = clock.period();
     let mut last_write: Option<Instant> = None;
-    let _direct = DirectWriteGuard::install(&conn, &writer);
+    let mut out = DirectOutput::new(conn, writer);
     loop {
-        conn.ready().await;
+        out.conn.ready().await;
         if let Some(last) = last_write.filter(|_| !linger.is_zero()) {
-            if last.elapsed() < linger && !conn.is_urgent() && conn.output_len() < LINGER_MAX_BYTES
+            if last.elapsed() < linger
+                && !out.conn.is_urgent()
+                && out.conn.output_len() < LINGER_MAX_BYTES
             {
-                future::or(clock.next_tick(), conn.urgent()).await;
+                future::or(clock.next_tick(), out.conn.urgent()).await;
             }
         }
-        let output = conn.take_output();
+        let output = out.conn.take_output();
         if !output.is_empty() {
             let written = future::or(
-                write_tracking_progress(&conn, &mut writer, &output),
-                give_up_after_close(&conn),
+                write_tracking_progress(&out.conn, &mut out.writer, &output),
+                give_up_after_close(&out.conn),
             )
             .await;
-            conn.note_write_idle();
+            out.conn.note_write_idle();
             if written.is_err() {
-                conn.request_close(CloseRequest { reason: None });
+                out.conn.request_close(CloseRequest { reason: None });
                 break;
             }
             last_write = Some(Instant::now());
-            if conn.take_held_back() {
-                held_back.shard.pump_held_back(&conn, &held_back.client_id);
+            if out.conn.take_held_back() {
+                held_back
+                    .shard
+                    .pump_held_back(&out.conn, &held_back.client_id);
             }
         }
-        if conn.close_requested().is_some() && conn.output_is_empty() {
+        if out.conn.close_requested().is_some() && out.conn.output_is_empty() {
             break;
         }
     }
-    let closed = glommio::timer::timeout(CLOSE_FLUSH_TIMEOUT, async { Ok(writer.close().await) });
+    let closed =
+        glommio::timer::timeout(CLOSE_FLUSH_TIMEOUT, async { Ok(out.writer.close().await) });
     let _ = closed.await;
 }
 
-/// Non-blocking send on a plain TCP socket, for [`Conn::write_through`].
-struct TcpDirectWrite {
-    fd: RawFd,
+/// A connection and the writing half of its socket. On plain TCP, the
+/// connection has a direct write of the socket (see [`Conn::write_through`])
+/// while this value lives: the socket stays open as long.
+struct DirectOutput {
+    conn: Rc<Conn>,
+    writer: WriteHalf<Transport>,
 }
 
-impl DirectWrite for TcpDirectWrite {
-    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        readiness::send(self.fd, bytes)
-    }
-}
-
-/// Keeps a direct write installed on a connection while its writer runs.
-/// The writer owns a half of the socket, so the descriptor stays open.
-struct DirectWriteGuard<'a> {
-    conn: &'a Conn,
-}
-
-impl<'a> DirectWriteGuard<'a> {
-    fn install(conn: &'a Conn, writer: &WriteHalf<Transport>) -> DirectWriteGuard<'a> {
+impl DirectOutput {
+    fn new(conn: Rc<Conn>, writer: WriteHalf<Transport>) -> DirectOutput {
         // TLS and WebSocket bytes need the writer's encoding, so only plain
         // TCP gets a direct write.
         let fd = writer.with_stream(|stream| match stream {
@@ -1364,13 +1360,16 @@ impl<'a> DirectWriteGuard<'a> {
             _ => None,
         });
         if let Some(fd) = fd {
-            conn.set_direct_write(Some(Rc::new(TcpDirectWrite { fd })));
+            conn.set_direct_write(Some(DirectWrite {
+                fd,
+                write_now: readiness::send,
+            }));
         }
-        DirectWriteGuard { conn }
+        DirectOutput { conn, writer }
     }
 }
 
-impl Drop for DirectWriteGuard<'_> {
+impl Drop for DirectOutput {
     fn drop(&mut self) {
         self.conn.set_direct_write(None);
     }

@@ -160,11 +160,20 @@ impl OutputBudget {
 
 /// A write of a connection's output that needs no task: a non-blocking
 /// send on a plain TCP socket, installed by the broker.
-pub trait DirectWrite {
-    /// Writes a prefix of `bytes` without waiting and returns its length.
-    /// Returns 0 or an error when the socket takes nothing now.
-    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize>;
+#[derive(Clone, Copy, Debug)]
+pub struct DirectWrite {
+    /// Descriptor of the socket.
+    pub fd: i32,
+    /// Writes a prefix of the bytes to `fd` without waiting and returns
+    /// its length. Returns 0 or an error when the socket takes nothing now.
+    /// Every connection of the process must use the same function.
+    pub write_now: fn(i32, &[u8]) -> std::io::Result<usize>,
 }
+
+/// The `write_now` of the first [`DirectWrite`] installed. A connection
+/// keeps only the descriptor, 4 bytes instead of 16.
+static WRITE_NOW: std::sync::OnceLock<fn(i32, &[u8]) -> std::io::Result<usize>> =
+    std::sync::OnceLock::new();
 
 /// Output side and negotiated limits of one connection.
 pub struct Conn {
@@ -215,8 +224,8 @@ pub struct Conn {
     /// True when the session keeps QoS 1 and 2 messages back until the
     /// output drains (see [`Conn::take_held_back`]).
     held_back: Cell<bool>,
-    /// Direct write of the socket, when its transport has one.
-    direct_write: RefCell<Option<Rc<dyn DirectWrite>>>,
+    /// Descriptor for direct writes, or -1 when the transport has none.
+    direct_fd: Cell<i32>,
     /// True after a direct write found the socket full, until the writer
     /// task takes output or finishes a write. Until then no direct write is
     /// tried, which would cost a failing system call per message.
@@ -258,7 +267,7 @@ impl Conn {
             session_hint: Cell::default(),
             charged_active: Cell::new(true),
             held_back: Cell::new(false),
-            direct_write: RefCell::new(None),
+            direct_fd: Cell::new(-1),
             direct_blocked: Cell::new(false),
         }
     }
@@ -266,8 +275,14 @@ impl Conn {
     /// Installs or removes the direct write of this connection's socket
     /// (see [`Conn::write_through`]). The broker removes it before the
     /// socket closes.
-    pub fn set_direct_write(&self, direct: Option<Rc<dyn DirectWrite>>) {
-        *self.direct_write.borrow_mut() = direct;
+    pub fn set_direct_write(&self, direct: Option<DirectWrite>) {
+        match direct {
+            Some(direct) => {
+                WRITE_NOW.get_or_init(|| direct.write_now);
+                self.direct_fd.set(direct.fd);
+            }
+            None => self.direct_fd.set(-1),
+        }
     }
 
     /// Writes the buffered output to the socket now, without the writer
@@ -287,20 +302,23 @@ impl Conn {
         if self.budget.is_over() {
             return false;
         }
-        let Some(direct) = self.direct_write.borrow().clone() else {
+        let fd = self.direct_fd.get();
+        let Some(write_now) = WRITE_NOW.get().filter(|_| fd >= 0) else {
             return false;
         };
+
         let mut output = self.output.borrow_mut();
         if output.is_empty() {
             return false;
         }
         // An error other than a full socket shows again on the writer's
         // next write, which closes the connection.
-        let written = direct.write_now(&output).unwrap_or(0);
+        let written = write_now(fd, &output).unwrap_or(0);
         if written == 0 {
             self.direct_blocked.set(true);
             return false;
         }
+
         // The buffer keeps its place in memory: the budget counts
         // `capacity()`, which would leave out written bytes left in front
         // of the cursor. A large buffer is given up, as `take_output` does.
@@ -317,6 +335,7 @@ impl Conn {
             *output = fresh;
         }
         drop(output);
+
         // The client reads, so its output counts as draining again.
         self.counted.set(true);
         self.recharge();
@@ -724,20 +743,33 @@ mod tests {
         frames
     }
 
-    /// Direct write on one end of a Unix socket pair.
-    struct SocketWrite(std::os::unix::net::UnixStream);
-
-    impl DirectWrite for SocketWrite {
-        fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
-            std::io::Write::write(&mut &self.0, bytes)
+    /// Writes to a socket with `send`, as the broker's direct write does.
+    fn send_now(fd: i32, bytes: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: `bytes` is valid for its length; the test keeps `fd` open.
+        let sent = unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        Ok(sent as usize)
     }
 
-    /// Returns a connection whose direct write goes to a non-blocking
-    /// socket, and the socket's other end.
-    fn conn_with_socket(budget: &Rc<OutputBudget>) -> (Conn, std::os::unix::net::UnixStream) {
+    /// Returns a connection whose direct write goes to one end of a socket
+    /// pair, and both ends.
+    fn conn_with_socket(
+        budget: &Rc<OutputBudget>,
+    ) -> (
+        Conn,
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ) {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
-        ours.set_nonblocking(true).expect("non-blocking socket");
         theirs.set_nonblocking(true).expect("non-blocking socket");
         let peer: SocketAddr = "127.0.0.1:1883".parse().unwrap();
         let conn = Conn::new(
@@ -749,8 +781,11 @@ mod tests {
             16 * 1024,
             budget.clone(),
         );
-        conn.set_direct_write(Some(Rc::new(SocketWrite(ours))));
-        (conn, theirs)
+        conn.set_direct_write(Some(DirectWrite {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&ours),
+            write_now: send_now,
+        }));
+        (conn, ours, theirs)
     }
 
     /// Reads the bytes waiting in the socket now.
@@ -770,7 +805,7 @@ mod tests {
     #[test]
     fn write_through_drains_congested_output() {
         let budget = OutputBudget::new(usize::MAX / 4);
-        let (conn, peer) = conn_with_socket(&budget);
+        let (conn, _ours, peer) = conn_with_socket(&budget);
         let frames = fill(&conn);
         assert!(conn.write_through());
         assert!(!conn.is_congested());
@@ -781,7 +816,7 @@ mod tests {
     #[test]
     fn write_through_waits_for_writer() {
         let budget = OutputBudget::new(usize::MAX / 4);
-        let (conn, peer) = conn_with_socket(&budget);
+        let (conn, _ours, peer) = conn_with_socket(&budget);
         fill(&conn);
         // The writer took the output and its write is in progress: bytes
         // written now would overtake it.
@@ -799,7 +834,7 @@ mod tests {
     #[test]
     fn write_through_skips_over_budget() {
         let budget = OutputBudget::new(BUDGET);
-        let (conn, peer) = conn_with_socket(&budget);
+        let (conn, _ours, peer) = conn_with_socket(&budget);
         fill(&conn);
         assert!(budget.is_over());
         assert!(!conn.write_through());
@@ -809,7 +844,7 @@ mod tests {
     #[test]
     fn full_socket_waits_for_writer() {
         let budget = OutputBudget::new(usize::MAX / 4);
-        let (conn, peer) = conn_with_socket(&budget);
+        let (conn, _ours, peer) = conn_with_socket(&budget);
         // Fill the socket until it takes nothing more.
         while {
             fill(&conn);
