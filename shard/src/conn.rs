@@ -167,13 +167,15 @@ pub struct DirectWrite {
     /// Writes a prefix of the bytes to `fd` without waiting and returns
     /// its length. Returns 0 or an error when the socket takes nothing now.
     /// Every connection of the process must use the same function.
-    pub write_now: fn(i32, &[u8]) -> std::io::Result<usize>,
+    pub write_now: WriteNow,
 }
+
+/// Signature of [`DirectWrite::write_now`].
+pub type WriteNow = fn(i32, &[u8]) -> std::io::Result<usize>;
 
 /// The `write_now` of the first [`DirectWrite`] installed. A connection
 /// keeps only the descriptor, 4 bytes instead of 16.
-static WRITE_NOW: std::sync::OnceLock<fn(i32, &[u8]) -> std::io::Result<usize>> =
-    std::sync::OnceLock::new();
+static WRITE_NOW: std::sync::OnceLock<WriteNow> = std::sync::OnceLock::new();
 
 /// Output side and negotiated limits of one connection.
 pub struct Conn {

@@ -330,17 +330,23 @@ impl Session {
     /// full. The connection's writer then has the shard pump this session
     /// once the output drains.
     fn hold_back(&self, conn: &Conn) -> bool {
-        if conn.is_full() && !(conn.write_through() && !conn.is_full()) {
-            conn.note_held_back();
-            return true;
+        if !conn.is_full() {
+            return false;
         }
-        false
+        if conn.write_through() && !conn.is_full() {
+            return false;
+        }
+        conn.note_held_back();
+        true
     }
 
     /// Returns whether a QoS 0 copy for `conn` must be dropped because its
     /// socket is congested, and counts the drop.
     fn drop_if_congested(&self, conn: &Conn, limits: &Limits, now: Instant) -> bool {
-        if !conn.is_congested() || (conn.write_through() && !conn.is_congested()) {
+        if !conn.is_congested() {
+            return false;
+        }
+        if conn.write_through() && !conn.is_congested() {
             return false;
         }
         conn.count_dropped();
