@@ -21,6 +21,22 @@ fn bench(args: &[&str]) -> (i32, String, Duration) {
     (code, stderr, started.elapsed())
 }
 
+/// Runs a one-subscriber fanout against `port` for `duration` seconds,
+/// with `option` (`--json` or `--plot`) naming `path`.
+fn fanout_writing(port: &str, duration: &str, option: &str, path: &str) -> (i32, String, Duration) {
+    bench(&[
+        "fanout",
+        "-S",
+        "1",
+        "--port",
+        port,
+        "--duration",
+        duration,
+        option,
+        path,
+    ])
+}
+
 #[test]
 fn zero_counts_are_rejected() {
     let port = common::free_port().to_string();
@@ -51,18 +67,7 @@ fn unwritable_output_fails_before_run() {
     let path = missing.join("report.json");
     let path = path.to_str().expect("a UTF-8 temporary folder");
     for option in ["--json", "--plot"] {
-        let args = [
-            "fanout",
-            "-S",
-            "1",
-            "--port",
-            &port,
-            "--duration",
-            "10",
-            option,
-            path,
-        ];
-        let (code, stderr, elapsed) = bench(&args);
+        let (code, stderr, elapsed) = fanout_writing(&port, "10", option, path);
         assert_eq!(code, 2, "{option}: {stderr}");
         assert!(
             stderr.contains(&format!("cannot write {option} {path}")),
@@ -83,18 +88,8 @@ fn output_check_leaves_no_file() {
     let dir = common::scratch_dir("output-check");
     let path = dir.join("report.json");
     let port = common::free_port().to_string();
-    let args = [
-        "fanout",
-        "-S",
-        "1",
-        "--port",
-        &port,
-        "--duration",
-        "1",
-        "--json",
-        path.to_str().expect("a UTF-8 temporary folder"),
-    ];
-    let (code, stderr, _) = bench(&args);
+    let path_arg = path.to_str().expect("a UTF-8 temporary folder");
+    let (code, stderr, _) = fanout_writing(&port, "1", "--json", path_arg);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("refused"), "{stderr}");
     assert!(
