@@ -21,8 +21,8 @@ use coremq_codec::{
     Publish, ReasonCode, MAX_PACKET_SIZE,
 };
 use coremq_shard::{
-    owner_shard, CloseRequest, Conn, ConnectOutcome, DirectWrite, Handoff, OutputBudget,
-    PublishNow, Shard, ShardMsg,
+    owner_shard, CloseRequest, Conn, ConnectOutcome, Handoff, OutputBudget, PublishNow, Shard,
+    ShardMsg,
 };
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -1298,78 +1298,67 @@ struct HeldBack {
 /// was full go to the shard to be sent (see [`Conn::take_held_back`]).
 async fn write_loop(
     conn: Rc<Conn>,
-    writer: WriteHalf<Transport>,
+    mut writer: WriteHalf<Transport>,
     clock: Rc<FlushClock>,
     held_back: HeldBack,
 ) {
     let linger = clock.period();
     let mut last_write: Option<Instant> = None;
-    let mut out = DirectOutput::new(conn, writer);
+    let _direct = DirectWriteGuard::install(&conn, &writer);
     loop {
-        out.conn.ready().await;
+        conn.ready().await;
         if let Some(last) = last_write.filter(|_| !linger.is_zero()) {
-            if last.elapsed() < linger
-                && !out.conn.is_urgent()
-                && out.conn.output_len() < LINGER_MAX_BYTES
+            if last.elapsed() < linger && !conn.is_urgent() && conn.output_len() < LINGER_MAX_BYTES
             {
-                future::or(clock.next_tick(), out.conn.urgent()).await;
+                future::or(clock.next_tick(), conn.urgent()).await;
             }
         }
-        let output = out.conn.take_output();
+        let output = conn.take_output();
         if !output.is_empty() {
             let written = future::or(
-                write_tracking_progress(&out.conn, &mut out.writer, &output),
-                give_up_after_close(&out.conn),
+                write_tracking_progress(&conn, &mut writer, &output),
+                give_up_after_close(&conn),
             )
             .await;
-            out.conn.note_write_idle();
+            conn.note_write_idle();
             if written.is_err() {
-                out.conn.request_close(CloseRequest { reason: None });
+                conn.request_close(CloseRequest { reason: None });
                 break;
             }
             last_write = Some(Instant::now());
-            if out.conn.take_held_back() {
-                held_back
-                    .shard
-                    .pump_held_back(&out.conn, &held_back.client_id);
+            if conn.take_held_back() {
+                held_back.shard.pump_held_back(&conn, &held_back.client_id);
             }
         }
-        if out.conn.close_requested().is_some() && out.conn.output_is_empty() {
+        if conn.close_requested().is_some() && conn.output_is_empty() {
             break;
         }
     }
-    let closed =
-        glommio::timer::timeout(CLOSE_FLUSH_TIMEOUT, async { Ok(out.writer.close().await) });
+    let closed = glommio::timer::timeout(CLOSE_FLUSH_TIMEOUT, async { Ok(writer.close().await) });
     let _ = closed.await;
 }
 
-/// A connection and the writing half of its socket. On plain TCP, the
-/// connection has a direct write of the socket (see [`Conn::write_through`])
-/// while this value lives: the socket stays open as long.
-struct DirectOutput {
-    conn: Rc<Conn>,
-    writer: WriteHalf<Transport>,
+/// Keeps a plain TCP socket installed on its connection for direct writes
+/// (see [`Conn::write_through`]) while the writer runs. The writer owns a
+/// half of the socket, so the descriptor stays open until the guard drops.
+struct DirectWriteGuard<'a> {
+    conn: &'a Conn,
 }
 
-impl DirectOutput {
-    fn new(conn: Rc<Conn>, writer: WriteHalf<Transport>) -> DirectOutput {
+impl<'a> DirectWriteGuard<'a> {
+    fn install(conn: &'a Conn, writer: &WriteHalf<Transport>) -> DirectWriteGuard<'a> {
         // TLS and WebSocket bytes need the writer's encoding, so only plain
-        // TCP gets a direct write.
+        // TCP gets direct writes.
         let fd = writer.with_stream(|stream| match stream {
             Transport::Tcp(tcp) => Some(std::os::fd::AsRawFd::as_raw_fd(tcp)),
             _ => None,
         });
-        if let Some(fd) = fd {
-            conn.set_direct_write(Some(DirectWrite {
-                fd,
-                write_now: readiness::send,
-            }));
-        }
-        DirectOutput { conn, writer }
+        conn.set_direct_write(fd);
+        DirectWriteGuard { conn }
     }
 }
 
-impl Drop for DirectOutput {
+impl Drop for DirectWriteGuard<'_> {
     fn drop(&mut self) {
         self.conn.set_direct_write(None);
     }

@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -158,24 +159,29 @@ impl OutputBudget {
     }
 }
 
-/// A write of a connection's output that needs no task: a non-blocking
-/// send on a plain TCP socket, installed by the broker.
-#[derive(Clone, Copy, Debug)]
-pub struct DirectWrite {
-    /// Descriptor of the socket.
-    pub fd: i32,
-    /// Writes a prefix of the bytes to `fd` without waiting and returns
-    /// its length. Returns 0 or an error when the socket takes nothing now.
-    /// Every connection of the process must use the same function.
-    pub write_now: WriteNow,
+/// Sends a prefix of `bytes` on the socket `fd` without waiting, and
+/// without SIGPIPE when the peer has gone.
+fn send_now(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: `bytes` is valid for its length, and the broker keeps `fd`
+        // open while it is installed (see `Conn::set_direct_write`).
+        let sent = unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
 }
-
-/// Signature of [`DirectWrite::write_now`].
-pub type WriteNow = fn(i32, &[u8]) -> std::io::Result<usize>;
-
-/// The `write_now` of the first [`DirectWrite`] installed. A connection
-/// keeps only the descriptor, 4 bytes instead of 16.
-static WRITE_NOW: std::sync::OnceLock<WriteNow> = std::sync::OnceLock::new();
 
 /// Output side and negotiated limits of one connection.
 pub struct Conn {
@@ -226,8 +232,9 @@ pub struct Conn {
     /// True when the session keeps QoS 1 and 2 messages back until the
     /// output drains (see [`Conn::take_held_back`]).
     held_back: Cell<bool>,
-    /// Descriptor for direct writes, or -1 when the transport has none.
-    direct_fd: Cell<i32>,
+    /// Socket for direct writes (see [`Conn::write_through`]), or -1 when
+    /// the transport needs its writer task.
+    direct_fd: Cell<RawFd>,
     /// True after a direct write found the socket full, until the writer
     /// task takes output or finishes a write. Until then no direct write is
     /// tried, which would cost a failing system call per message.
@@ -274,17 +281,10 @@ impl Conn {
         }
     }
 
-    /// Installs or removes the direct write of this connection's socket
-    /// (see [`Conn::write_through`]). The broker removes it before the
-    /// socket closes.
-    pub fn set_direct_write(&self, direct: Option<DirectWrite>) {
-        match direct {
-            Some(direct) => {
-                WRITE_NOW.get_or_init(|| direct.write_now);
-                self.direct_fd.set(direct.fd);
-            }
-            None => self.direct_fd.set(-1),
-        }
+    /// Installs or removes the plain TCP socket that [`Conn::write_through`]
+    /// writes to. The broker removes it before the socket closes.
+    pub fn set_direct_write(&self, fd: Option<RawFd>) {
+        self.direct_fd.set(fd.unwrap_or(-1));
     }
 
     /// Writes the buffered output to the socket now, without the writer
@@ -305,9 +305,9 @@ impl Conn {
             return false;
         }
         let fd = self.direct_fd.get();
-        let Some(write_now) = WRITE_NOW.get().filter(|_| fd >= 0) else {
+        if fd < 0 {
             return false;
-        };
+        }
 
         let mut output = self.output.borrow_mut();
         if output.is_empty() {
@@ -315,7 +315,7 @@ impl Conn {
         }
         // An error other than a full socket shows again on the writer's
         // next write, which closes the connection.
-        let written = write_now(fd, &output).unwrap_or(0);
+        let written = send_now(fd, &output).unwrap_or(0);
         if written == 0 {
             self.direct_blocked.set(true);
             return false;
@@ -745,23 +745,6 @@ mod tests {
         frames
     }
 
-    /// Writes to a socket with `send`, as the broker's direct write does.
-    fn send_now(fd: i32, bytes: &[u8]) -> std::io::Result<usize> {
-        // SAFETY: `bytes` is valid for its length; the test keeps `fd` open.
-        let sent = unsafe {
-            libc::send(
-                fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(sent as usize)
-    }
-
     /// Returns a connection whose direct write goes to one end of a socket
     /// pair, and both ends.
     fn conn_with_socket(
@@ -783,10 +766,7 @@ mod tests {
             16 * 1024,
             budget.clone(),
         );
-        conn.set_direct_write(Some(DirectWrite {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&ours),
-            write_now: send_now,
-        }));
+        conn.set_direct_write(Some(std::os::fd::AsRawFd::as_raw_fd(&ours)));
         (conn, ours, theirs)
     }
 

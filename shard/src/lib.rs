@@ -11,8 +11,10 @@
 //! The engine is sans-I/O toward clients: the broker crate reads packets from
 //! sockets and passes them to [`Shard::handle_packet`]; sessions write encoded
 //! packets into each connection's [`Conn`] buffer, which the broker's writer
-//! task flushes. Nothing here blocks, and no shard touches another shard's
-//! state except through the mesh.
+//! task flushes. The one exception: a full buffer on a plain TCP socket is
+//! written with a non-blocking `send` here (see [`Conn::write_through`]).
+//! Nothing here blocks, and no shard touches another shard's state except
+//! through the mesh.
 
 use std::time::Duration;
 
@@ -27,7 +29,7 @@ mod session;
 pub mod trie;
 
 pub use authorize::{Access, Authorizer};
-pub use conn::{CloseRequest, Conn, ConnId, DirectWrite, OutputBudget};
+pub use conn::{CloseRequest, Conn, ConnId, OutputBudget};
 pub use engine::{ConnectOutcome, PublishNow, Shard};
 pub use mesh::{Handoff, ShardId, ShardMsg};
 pub use message::{Delivery, Publication};

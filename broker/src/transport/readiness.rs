@@ -518,30 +518,6 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Sends a prefix of `buf` on `fd` without waiting, and without SIGPIPE
-/// when the peer has gone.
-pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; the caller keeps
-        // `fd` open.
-        let sent = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if sent >= 0 {
-            return Ok(sent as usize);
-        }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
-    }
-}
-
 fn store_waker(stored: &mut Option<Waker>, waker: &Waker) {
     match stored {
         Some(known) if known.will_wake(waker) => {}

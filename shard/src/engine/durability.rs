@@ -257,7 +257,7 @@ impl Shard {
                 // A kill in between loses the message for the group.
                 let chosen = shared
                     .get(&offset)
-                    .and_then(|share| replay_shared_delivery(session, share, &publication));
+                    .and_then(|share| routing::shared_delivery(session, share, &publication));
                 let plain = replay_delivery(session, &publication);
                 let (delivery, also) = match (chosen, plain) {
                     (Some(chosen), plain) => (chosen, plain),
@@ -298,25 +298,6 @@ impl Shard {
         }
         Ok(())
     }
-}
-
-/// Builds the copy of a replayed publication that the shared subscription
-/// `share` of `session` chose it for. Returns `None` when the session no
-/// longer has that subscription.
-fn replay_shared_delivery(
-    session: &Session,
-    share: &Arc<str>,
-    publication: &Arc<Publication>,
-) -> Option<Delivery> {
-    let subscription = session.subscriptions.get(&**share)?;
-    let options = subscription.options;
-    Some(Delivery {
-        publication: publication.clone(),
-        qos: options.qos.min(publication.qos),
-        retain: options.retain_as_published && publication.retain,
-        subscription_ids: subscription.identifier.into_iter().collect(),
-        share: Some(share.clone()),
-    })
 }
 
 /// Builds the copy of a replayed publication that `session` would have

@@ -276,16 +276,8 @@ impl ShardState {
         let Some(session) = self.sessions.get_mut(&member) else {
             return;
         };
-        let Some(subscription) = session.subscriptions.get(&**share) else {
+        let Some(delivery) = shared_delivery(session, share, publication) else {
             return;
-        };
-        let options = subscription.options;
-        let delivery = Delivery {
-            publication: publication.clone(),
-            qos: options.qos.min(publication.qos),
-            retain: options.retain_as_published && publication.retain,
-            subscription_ids: subscription.identifier.into_iter().collect(),
-            share: Some(share.clone()),
         };
         session.offer(delivery, &self.limits, now, &mut FrameCache::default());
     }
@@ -318,6 +310,25 @@ impl ShardState {
             }
         }
     }
+}
+
+/// Builds the copy of `publication` that the shared subscription `share`
+/// (`$share/group/filter`) of `session` takes. Returns `None` when the
+/// session does not have that subscription.
+pub(super) fn shared_delivery(
+    session: &Session,
+    share: &Arc<str>,
+    publication: &Arc<Publication>,
+) -> Option<Delivery> {
+    let subscription = session.subscriptions.get(&**share)?;
+    let options = subscription.options;
+    Some(Delivery {
+        publication: publication.clone(),
+        qos: options.qos.min(publication.qos),
+        retain: options.retain_as_published && publication.retain,
+        subscription_ids: subscription.identifier.into_iter().collect(),
+        share: Some(share.clone()),
+    })
 }
 
 /// Offers each publication of `run` to `session` in order, with what
