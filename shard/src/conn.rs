@@ -287,11 +287,10 @@ impl Conn {
         self.direct_fd.set(fd.unwrap_or(-1));
     }
 
-    /// Writes the buffered output to the socket now, without the writer
-    /// task, when that task has no write in progress. The shard calls it
-    /// before it drops or holds back a message for a full buffer. Under
-    /// load, the writer task may wait behind every other task of the
-    /// shard, so the buffer may be full only because that task has not run.
+    /// Writes the buffered output to the socket now, when the writer task
+    /// has no write in progress. Under load that task may wait behind every
+    /// other task of the shard, so the shard calls this before it drops or
+    /// holds back a message for a full buffer.
     ///
     /// Returns true when some bytes went out.
     pub fn write_through(&self) -> bool {

@@ -567,7 +567,8 @@ fn shared_members_keep_messages_across_kill() {
     }
     let before_kill = drain(&mut reader, false);
     assert_eq!(before_kill.qos1, numbers);
-    // Session records are written every 20 ms, after the PUBACK.
+    // Session records are written every 20 ms, so the group's choice may
+    // reach the store after the PUBACK.
     thread::sleep(Duration::from_millis(300));
     broker.kill_and_restart();
     drop(reader);

@@ -14,7 +14,7 @@ const OUTPUT_LIMIT: &str = "4096";
 
 /// Messages in the burst, about 34 KiB: more than one read of the broker,
 /// and less than the subscriber's socket takes while it does not read
-/// (about 54 KiB on Linux 6.18 with the default net.ipv4.tcp_rmem).
+/// (about 54 KiB, measured on Linux 6.18 with the default net.ipv4.tcp_rmem).
 const BURST: u32 = 300;
 
 /// Quiet time after which the subscriber has all that the broker sends.

@@ -250,8 +250,8 @@ impl Shard {
                 }
                 let publication = Arc::new(records::publication_from_message(message, now)?);
                 // A message that a shared subscription chose this session
-                // for comes back through it, and takes the in-flight slot:
-                // the record does not say which copy was in flight.
+                // for comes back through it. It takes the in-flight slot,
+                // because the record does not say which copy was in flight.
                 // NOTE: the choice reaches the store with the session
                 // record, up to FLUSH_INTERVAL after the publisher's PUBACK.
                 // A kill in between loses the message for the group.
