@@ -315,7 +315,7 @@ pub struct LimitsConfig {
     /// are being dropped is disconnected; default 10.
     pub slow_consumer_timeout: Option<u64>,
     /// Microseconds a socket's deliveries are held to batch them when it
-    /// was written to less than this long ago; default 2,000, 0 disables.
+    /// was written to less than this long ago; default 2,500, 0 disables.
     pub write_linger_us: Option<u64>,
     /// Microseconds a shard waits after a pass that found 4 or more
     /// readable sockets, so that the next pass reads more of them. Default

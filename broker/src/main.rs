@@ -168,7 +168,7 @@ struct Cli {
     slow_consumer_timeout: Option<u64>,
     /// Microseconds to hold deliveries to a socket that was written to
     /// less than this long ago, so that they leave in one write; 0 writes
-    /// each wake-up at once [default: 2000].
+    /// each wake-up at once [default: 2500].
     #[arg(long, value_name = "MICROS")]
     write_linger_us: Option<u64>,
     /// Microseconds a shard waits after a pass over its readable sockets

@@ -45,7 +45,7 @@ pub enum DropPolicy {
 }
 
 /// Default of [`Limits::write_linger`], in microseconds.
-pub const DEFAULT_WRITE_LINGER_US: u64 = 2000;
+pub const DEFAULT_WRITE_LINGER_US: u64 = 2500;
 
 /// Default of [`Limits::read_pause`], in microseconds.
 pub const DEFAULT_READ_PAUSE_US: u64 = 250;
