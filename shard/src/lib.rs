@@ -73,8 +73,8 @@ pub struct Limits {
     pub max_output_buffer: usize,
     /// Bytes of output buffers over all of a shard's sockets beyond which
     /// QoS 0 messages to sockets holding more than their share are
-    /// dropped. Stalled sockets count apart, against four times as much
-    /// (see [`OutputBudget`]).
+    /// dropped. Stalled sockets count apart, against half as much (see
+    /// [`OutputBudget`]).
     pub max_shard_output: usize,
     /// Largest number of outbound QoS 1/2 messages in flight per session,
     /// whatever Receive Maximum the client announces.
