@@ -60,6 +60,10 @@ pub enum ShardMsg {
         /// Times the message was passed on because the chosen shard had no
         /// member left; bounded so a message cannot circle forever.
         hops: u8,
+        /// For a logged message: sent once the chosen member's stored
+        /// record lists it, so the publisher's acknowledgement waits for
+        /// the group's choice to be durable.
+        ack: Option<Ack>,
     },
     /// Shard `shard` gained (`add`) or lost its first/last subscriber on
     /// `filter` (for a shared subscription, `$share/group/filter`).

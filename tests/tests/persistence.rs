@@ -592,3 +592,54 @@ fn shared_members_keep_messages_across_kill() {
         "the offline member's messages"
     );
 }
+
+#[test]
+fn shared_choice_is_stored_before_puback() {
+    let dir = TempDir::new().expect("temporary directory");
+    let mut broker = start_durable(&dir);
+    let (mut publisher, _) = RawClient::connect_v5(broker.addr(), "choice-publisher");
+    let publisher_shard = broker
+        .shard_of("choice-publisher")
+        .expect("the publisher's shard");
+    // Two groups on crash/q1, each with one member, which is offline, so
+    // the messages wait in its queue and only its stored record lists them.
+    // One member sits on the publisher's shard, the other on the other
+    // shard, whose choice comes back through the mesh.
+    let mut members: [Option<String>; 2] = [None, None];
+    for index in 0..32 {
+        let client_id = format!("choice-away{index}");
+        let (mut client, _) = resume(&broker, &client_id);
+        let shard = broker.shard_of(&client_id).expect("the member's shard");
+        let slot = &mut members[usize::from(shard != publisher_shard)];
+        if slot.is_none() {
+            client.subscribe(&format!("$share/choice{index}/crash/q1"), QoS::AtLeastOnce);
+            *slot = Some(client_id);
+        }
+        client.disconnect(ReasonCode::NORMAL_DISCONNECTION);
+        if members.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let members = members.map(|member| member.expect("a member on each shard"));
+
+    let numbers: Vec<u32> = (0..20).collect();
+    for &number in &numbers {
+        let payload = number.to_string();
+        let packet_id = u16::try_from(number + 1).expect("small packet id");
+        let message = publish("crash/q1", QoS::AtLeastOnce, packet_id, payload.as_bytes());
+        assert_eq!(publisher.publish(message), ReasonCode::SUCCESS, "{number}");
+    }
+    // No pause: the kill follows the last PUBACK at once, well within the
+    // 20 ms after which changed session records are written anyway.
+    broker.kill_and_restart();
+
+    for member in &members {
+        let (mut away, present) = resume(&broker, member);
+        assert!(present, "the session of {member} did not survive the kill");
+        assert_eq!(
+            drain(&mut away, true).qos1,
+            numbers,
+            "messages of {member} acknowledged to the publisher"
+        );
+    }
+}

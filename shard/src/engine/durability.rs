@@ -252,9 +252,8 @@ impl Shard {
                 // A message that a shared subscription chose this session
                 // for comes back through it. It takes the in-flight slot,
                 // because the record does not say which copy was in flight.
-                // NOTE: the choice reaches the store with the session
-                // record, up to FLUSH_INTERVAL after the publisher's PUBACK.
-                // A kill in between loses the message for the group.
+                // The record was written before the publisher's PUBACK (see
+                // `ShardState::deliver_shared`).
                 let chosen = shared
                     .get(&offset)
                     .and_then(|share| routing::shared_delivery(session, share, &publication));

@@ -121,6 +121,10 @@ struct Outbox {
     messages: Vec<(ShardId, ShardMsg)>,
     acks: Vec<oneshot::Receiver<()>>,
     store: Vec<StoreOp>,
+    /// Persistent sessions whose stored records must be written first.
+    records: Vec<Arc<str>>,
+    /// Acknowledgements owed to other shards once the rest is done.
+    done: Vec<crate::mesh::Ack>,
 }
 
 /// A store write that must finish before the client's acknowledgement.
@@ -131,7 +135,11 @@ enum StoreOp {
 
 impl Outbox {
     fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.acks.is_empty() && self.store.is_empty()
+        self.messages.is_empty()
+            && self.acks.is_empty()
+            && self.store.is_empty()
+            && self.records.is_empty()
+            && self.done.is_empty()
     }
 
     fn send(&mut self, shard: ShardId, msg: ShardMsg) {
@@ -262,7 +270,7 @@ impl Shard {
     /// Carries out `outbox` and returns false when one of its store writes
     /// failed (after the store's retries), so that the caller withholds the
     /// acknowledgement that depends on it.
-    async fn try_flush(&self, outbox: Outbox) -> bool {
+    async fn try_flush(&self, mut outbox: Outbox) -> bool {
         let mut stored = true;
         let persistence = self.state.borrow().persistence.clone();
         if let Some(persistence) = persistence {
@@ -278,6 +286,13 @@ impl Shard {
                     stored = false;
                 }
             }
+            outbox.records.sort_unstable();
+            outbox.records.dedup();
+            for client_id in &outbox.records {
+                stored &= self
+                    .write_record_now(&persistence, client_id, "shared subscription's choice")
+                    .await;
+            }
         }
         for (shard, msg) in outbox.messages {
             self.send_to(shard, msg).await;
@@ -285,6 +300,13 @@ impl Shard {
         for ack in outbox.acks {
             // A dropped sender means the peer shard stopped; nothing to wait for.
             let _ = ack.await;
+        }
+        // After a failed write no acknowledgement is sent. The waiting shard
+        // goes on once the sender drops, and the flusher tries the record again.
+        if stored {
+            for done in outbox.done {
+                let _ = done.send(());
+            }
         }
         stored
     }
@@ -306,7 +328,8 @@ impl Shard {
                     publication,
                     share,
                     hops,
-                } => state.deliver_shared(&publication, &share, hops, now, &mut outbox),
+                    ack,
+                } => state.deliver_shared(&publication, &share, hops, ack, now, &mut outbox),
                 ShardMsg::Interest {
                     filter,
                     shard,
@@ -333,7 +356,7 @@ impl Shard {
                 }
             }
         }
-        if !outbox.messages.is_empty() {
+        if !outbox.is_empty() {
             let shard = self.clone();
             glommio::spawn_local(async move { shard.flush(outbox).await }).detach();
         }
@@ -418,20 +441,37 @@ impl Shard {
         if !is_persistent {
             return Ok(());
         }
+        if self.write_record_now(&persistence, client_id, reply).await {
+            Ok(())
+        } else {
+            Err(close_with(ReasonCode::UNSPECIFIED_ERROR))
+        }
+    }
+
+    /// Writes the stored record of the persistent session `client_id`, on
+    /// behalf of `reply`, which must not go out before it. Returns false
+    /// when the store failed; the session stays dirty, so the flusher
+    /// tries again.
+    async fn write_record_now(
+        &self,
+        persistence: &Persistence,
+        client_id: &Arc<str>,
+        reply: &str,
+    ) -> bool {
         // See `session_writes`: the record is built under the permit.
         let _permit = self.session_writes.acquire_permit(1).await;
         let record = match self.state.borrow_mut().sessions.get_mut(client_id) {
             Some(session) if session.expiry_interval > 0 => persist::session_record(session),
-            _ => return Ok(()),
+            _ => return true,
         };
         match persistence.store.put_session(record).await {
-            Ok(()) => Ok(()),
+            Ok(()) => true,
             Err(error) => {
-                error!(client_id = %client_id, %error, reply, "failed to store session; withholding the reply and disconnecting the client");
+                error!(client_id = %client_id, %error, reply, "failed to store session; withholding the reply that waits for it");
                 if let Some(session) = self.state.borrow_mut().sessions.get_mut(client_id) {
                     session.mark_dirty();
                 }
-                Err(close_with(ReasonCode::UNSPECIFIED_ERROR))
+                false
             }
         }
     }

@@ -2,6 +2,7 @@
 //! forwarding to other shards.
 
 use super::*;
+use crate::mesh::Ack;
 use crate::session::OutboundState;
 
 /// Publications per run sent to another shard. The mesh channels bound
@@ -200,14 +201,16 @@ impl ShardState {
             let shard = shards[*cursor % shards.len()];
             *cursor = cursor.wrapping_add(1);
             if shard == self.id {
-                self.deliver_shared(publication, &share, 0, now, outbox);
+                self.deliver_shared(publication, &share, 0, None, now, outbox);
             } else {
+                let ack = publication.log_offset.map(|_| outbox.ack());
                 outbox.send(
                     shard,
                     ShardMsg::SharedPublish {
                         publication: publication.clone(),
                         share,
                         hops: 0,
+                        ack,
                     },
                 );
             }
@@ -224,11 +227,17 @@ impl ShardState {
 
     /// Delivers to one local member of `share`, preferring connected ones;
     /// passes the message on when no member is left here.
+    ///
+    /// Replay finds which member a logged message went to only in that
+    /// member's stored record. So a persistent member's record joins
+    /// `outbox`, to be written before the publisher's acknowledgement, and
+    /// `ack`, from the shard that routed the message, is sent once it is.
     pub(super) fn deliver_shared(
         &mut self,
         publication: &Arc<Publication>,
         share: &Arc<str>,
         hops: u8,
+        ack: Option<Ack>,
         now: Instant,
         outbox: &mut Outbox,
     ) {
@@ -248,6 +257,7 @@ impl ShardState {
                             publication: publication.clone(),
                             share: share.clone(),
                             hops: hops + 1,
+                            ack,
                         },
                     );
                 }
@@ -280,6 +290,10 @@ impl ShardState {
             return;
         };
         session.offer(delivery, &self.limits, now, &mut FrameCache::default());
+        if publication.log_offset.is_some() && session.expiry_interval > 0 {
+            outbox.records.push(member);
+        }
+        outbox.done.extend(ack);
     }
 }
 
@@ -306,7 +320,7 @@ impl ShardState {
                 continue;
             }
             if let Some(share) = &delivery.share {
-                self.deliver_shared(&delivery.publication, share, 0, now, outbox);
+                self.deliver_shared(&delivery.publication, share, 0, None, now, outbox);
             }
         }
     }
