@@ -55,9 +55,9 @@ const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// Output of the stalled connections of a shard, as the budget divided by
 /// this. Past it, QoS 0 messages to stalled connections that have 4 KiB
 /// queued are dropped, so that many clients that stop reading at once
-/// cannot each hold `max-output-buffer`. With the 1.5 times the budget that
-/// the connections that drain may take, a shard's output buffers stay
-/// within about twice its budget, the bound that `max-shard-output` promises.
+/// cannot each hold `max-output-buffer`. Connections that drain may take
+/// 1.5 times the budget, so a shard's output buffers stay within about
+/// twice its budget, as the `max-shard-output` help says.
 const STALLED_POOL_DIVISOR: usize = 2;
 
 /// Memory of the output buffers of one shard's connections (their
@@ -859,7 +859,7 @@ mod tests {
         }
         assert!(budget.stalled_over());
         // The first connection's move alone fills the pool of half the
-        // budget; a pool of four times the budget took 12 KiB more here.
+        // budget. A pool of four times the budget took 12 KiB more here.
         assert!(
             taken_while_stalled <= BUDGET / STALLED_POOL_DIVISOR,
             "stalled connections took {taken_while_stalled} more bytes"
