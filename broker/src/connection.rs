@@ -1092,7 +1092,10 @@ impl Decoder {
             *whole_packet = true;
             match packet {
                 Packet::Publish(publish) => match resolve_alias(&mut self.aliases, publish) {
-                    Ok(publish) => self.publishes.push(publish),
+                    Ok(publish) => {
+                        conn.note_publish_received();
+                        self.publishes.push(publish);
+                    }
                     Err(reason) => {
                         warn!(client_id = %client_id, peer = %conn.peer, "PUBLISH with an empty topic and no known topic alias; closing");
                         return self.end(Some(reason));
@@ -1292,7 +1295,8 @@ struct HeldBack {
 /// cost of a small write on Linux is waking the reader on the other end,
 /// so one write of two messages costs little more than one of a single
 /// message. A socket written to less often than once per period is never
-/// held, and replies (see [`Conn::is_urgent`]) are never held.
+/// held, and neither are replies nor the deliveries to a client that
+/// published since the last write (see [`Conn::is_urgent`]).
 ///
 /// After a write, messages that the session held back while the output
 /// was full go to the shard to be sent (see [`Conn::take_held_back`]).

@@ -167,8 +167,9 @@ struct Cli {
     #[arg(long, value_name = "SECS")]
     slow_consumer_timeout: Option<u64>,
     /// Microseconds to hold deliveries to a socket that was written to
-    /// less than this long ago, so that they leave in one write; 0 writes
-    /// each wake-up at once [default: 2500].
+    /// less than this long ago, so that they leave in one write. Replies,
+    /// and deliveries to a client that published since the last write, are
+    /// not held; 0 writes each wake-up at once [default: 2500].
     #[arg(long, value_name = "MICROS")]
     write_linger_us: Option<u64>,
     /// Microseconds a shard waits after a pass over its readable sockets

@@ -57,7 +57,7 @@ const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// queued are dropped, so that many clients that stop reading at once
 /// cannot each hold `max-output-buffer`. Connections that drain may take
 /// 1.5 times the budget, so a shard's output buffers stay within about
-/// twice its budget, as the `max-shard-output` help says.
+/// twice its budget, as the `max-shard-output` help documents.
 const STALLED_POOL_DIVISOR: usize = 2;
 
 /// Memory of the output buffers of one shard's connections (their
@@ -212,6 +212,13 @@ pub struct Conn {
     /// waiting for (CONNACK, PUBACK, SUBACK, PINGRESP...), which the
     /// writer must not hold back to batch it with later deliveries.
     urgent: Cell<bool>,
+    /// True when the client sent a PUBLISH since the last write that no
+    /// reply forced. A client that publishes, such as a request waiting for
+    /// its response, may be waiting for its deliveries, so they are not
+    /// held. The reply to its PUBLISH does not end that. Acknowledgements
+    /// of deliveries do not count: a QoS 1 subscriber only reads, and its
+    /// deliveries are batched.
+    published: Cell<bool>,
     /// Bytes taken by the writer whose write has not finished. They count
     /// toward `output_limit` like buffered ones.
     writing: Cell<usize>,
@@ -269,6 +276,7 @@ impl Conn {
             dropped: Cell::new(0),
             write_progress: Cell::new(None),
             urgent: Cell::new(false),
+            published: Cell::new(false),
             urgent_waker: Cell::new(None),
             writing: Cell::new(0),
             budget,
@@ -608,9 +616,20 @@ impl Conn {
     }
 
     /// Returns true when the buffered output must leave without delay: it
-    /// contains a reply, or a close was requested.
+    /// contains a reply, the client published since the last write, or a
+    /// close was requested.
     pub fn is_urgent(&self) -> bool {
-        self.urgent.get() || self.close.get().is_some()
+        self.urgent.get() || self.published.get() || self.close.get().is_some()
+    }
+
+    /// Records that a PUBLISH arrived from the client, which makes the
+    /// output urgent until the next write (see [`Conn::is_urgent`]).
+    pub fn note_publish_received(&self) {
+        if !self.published.replace(true) {
+            if let Some(waker) = self.urgent_waker.take() {
+                waker.wake();
+            }
+        }
     }
 
     /// The close request, once one was made.
@@ -629,7 +648,11 @@ impl Conn {
         } else {
             0
         };
-        self.urgent.set(false);
+        // A PUBACK to a request must not use up the urgency that the
+        // response after it needs.
+        if !self.urgent.replace(false) {
+            self.published.set(false);
+        }
         self.direct_blocked.set(false);
         self.writing.set(output.len());
         self.writing_capacity.set(output.capacity());
@@ -840,6 +863,24 @@ mod tests {
         assert!(!conn.write_through());
         conn.note_write_idle();
         assert!(conn.write_through());
+    }
+
+    #[test]
+    fn publish_from_client_makes_output_urgent() {
+        let budget = OutputBudget::new(BUDGET);
+        let conn = conn(1, &budget);
+        assert!(conn.send_frame(&[0u8; 16], None, None));
+        assert!(!conn.is_urgent());
+        conn.note_publish_received();
+        assert!(conn.is_urgent());
+        // A write of a reply keeps the urgency for the deliveries after it.
+        conn.send(&Packet::PingResp);
+        conn.take_output();
+        assert!(conn.is_urgent());
+        // A write of deliveries alone ends it.
+        assert!(conn.send_frame(&[0u8; 16], None, None));
+        conn.take_output();
+        assert!(!conn.is_urgent());
     }
 
     #[test]

@@ -18,19 +18,21 @@ fn start(linger: Duration) -> Broker {
     Broker::start(&["--write-linger-us", &micros])
 }
 
-/// Publishes `count` QoS 0 messages on `topic`, `gap` apart, from a thread.
-fn publish_spaced(broker: &Broker, topic: &'static str, count: usize, gap: Duration) {
+/// Publishes `count` messages at `qos` on `topic`, `gap` apart, from a
+/// thread. A QoS 1 message waits for its PUBACK.
+fn publish_spaced(broker: &Broker, topic: &'static str, qos: QoS, count: usize, gap: Duration) {
     let addr = broker.addr();
     thread::spawn(move || {
         let (mut publisher, _) = RawClient::connect_v5(addr, "spaced-pub");
         for number in 0..count {
             let payload = number.to_string();
-            publisher.send(&Packet::Publish(publish(
-                topic,
-                QoS::AtMostOnce,
-                0,
-                payload.as_bytes(),
-            )));
+            if qos == QoS::AtMostOnce {
+                publisher.send(&Packet::Publish(publish(topic, qos, 0, payload.as_bytes())));
+            } else {
+                let packet_id = u16::try_from(number + 1).expect("small packet id");
+                let message = publish(topic, qos, packet_id, payload.as_bytes());
+                assert_eq!(publisher.publish(message), ReasonCode::SUCCESS);
+            }
             thread::sleep(gap);
         }
         publisher.ping();
@@ -63,7 +65,13 @@ fn steady_deliveries_leave_in_batches() {
 
     // 40 messages 10 ms apart span 400 ms. Held for 100 ms after each
     // write, they arrive in about 4 to 8 groups instead of 40.
-    publish_spaced(&broker, "linger/steady", 40, Duration::from_millis(10));
+    publish_spaced(
+        &broker,
+        "linger/steady",
+        QoS::AtMostOnce,
+        40,
+        Duration::from_millis(10),
+    );
     let times = arrivals(&mut subscriber, 40);
     let groups = bursts(&times, Duration::from_millis(5));
     assert!(
@@ -73,12 +81,47 @@ fn steady_deliveries_leave_in_batches() {
 }
 
 #[test]
+fn acknowledging_subscriber_still_batched() {
+    let broker = start(LINGER);
+    let (mut subscriber, _) = RawClient::connect_v5(broker.addr(), "acking-sub");
+    subscriber.subscribe("linger/acked", QoS::AtLeastOnce);
+
+    // A PUBACK acknowledges a delivery, so unlike a PUBLISH it does not make
+    // the next delivery leave at once.
+    publish_spaced(
+        &broker,
+        "linger/acked",
+        QoS::AtLeastOnce,
+        40,
+        Duration::from_millis(10),
+    );
+    let times: Vec<Instant> = (0..40)
+        .map(|_| {
+            let delivery = subscriber.expect_publish_within(Duration::from_secs(5));
+            subscriber.acknowledge(&delivery);
+            Instant::now()
+        })
+        .collect();
+    let groups = bursts(&times, Duration::from_millis(5));
+    assert!(
+        groups <= 12,
+        "40 steady messages to a QoS 1 subscriber arrived in {groups} groups"
+    );
+}
+
+#[test]
 fn without_linger_each_delivery_leaves_alone() {
     let broker = start(Duration::ZERO);
     let (mut subscriber, _) = RawClient::connect_v5(broker.addr(), "unbatched-sub");
     subscriber.subscribe("linger/off", QoS::AtMostOnce);
 
-    publish_spaced(&broker, "linger/off", 40, Duration::from_millis(10));
+    publish_spaced(
+        &broker,
+        "linger/off",
+        QoS::AtMostOnce,
+        40,
+        Duration::from_millis(10),
+    );
     let times = arrivals(&mut subscriber, 40);
     let groups = bursts(&times, Duration::from_millis(5));
     assert!(
@@ -135,5 +178,61 @@ fn acknowledgements_are_never_held() {
     assert_eq!(
         subscriber.drain_publishes(Duration::from_millis(500)).len(),
         30
+    );
+}
+
+#[test]
+fn deliveries_to_talking_client_not_held() {
+    let broker = start(LINGER);
+    // The client publishes on its own topic, and sends the next message
+    // only once the last came back, as a request waits for its response.
+    // Each delivery follows a PUBLISH from the client, so none is held,
+    // although the socket was written to moments before.
+    let (mut client, _) = RawClient::connect_v5(broker.addr(), "echo-client");
+    client.subscribe("linger/echo", QoS::AtMostOnce);
+    let started = Instant::now();
+    for _ in 0..10 {
+        client.send(&Packet::Publish(publish(
+            "linger/echo",
+            QoS::AtMostOnce,
+            0,
+            b"ping",
+        )));
+        client.expect_publish_within(Duration::from_secs(5));
+    }
+    // Held deliveries would cost about 100 ms each after the first.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(500),
+        "10 echo round trips took {elapsed:?}; deliveries were held"
+    );
+}
+
+#[test]
+fn qos1_request_response_not_held() {
+    let broker = start(LINGER);
+    let (mut requester, _) = RawClient::connect_v5(broker.addr(), "requester");
+    requester.subscribe("linger/response", QoS::AtLeastOnce);
+    let (mut responder, _) = RawClient::connect_v5(broker.addr(), "responder");
+    responder.subscribe("linger/request", QoS::AtLeastOnce);
+
+    // Each client gets a PUBACK for its PUBLISH and then a delivery. The
+    // PUBACK's write must not leave the delivery after it to be held.
+    let started = Instant::now();
+    for packet_id in 1..=10u16 {
+        let request = publish("linger/request", QoS::AtLeastOnce, packet_id, b"q");
+        assert_eq!(requester.publish(request), ReasonCode::SUCCESS);
+        let delivered = responder.expect_publish_within(Duration::from_secs(5));
+        responder.acknowledge(&delivered);
+        let response = publish("linger/response", QoS::AtLeastOnce, packet_id, b"r");
+        assert_eq!(responder.publish(response), ReasonCode::SUCCESS);
+        let answered = requester.expect_publish_within(Duration::from_secs(5));
+        requester.acknowledge(&answered);
+    }
+    // Held deliveries would cost about 100 ms each, 2 s in all.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(700),
+        "10 QoS 1 requests and responses took {elapsed:?}; deliveries were held"
     );
 }
