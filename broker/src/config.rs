@@ -425,7 +425,9 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        Config::from_parts(file, overrides)
+        let config = Config::from_parts(file, overrides)?;
+        check_shards_fit(config.shards, available_cpus())?;
+        Ok(config)
     }
 
     fn from_parts(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigError> {
@@ -909,6 +911,22 @@ fn checked(
     Ok(value)
 }
 
+/// Rejects more shards than the `cpus` this process may run on. Each shard
+/// is an executor that expects a core of its own. Many executors on few
+/// cores starve each other: 64 shards on 2 CPUs kept both busy for
+/// minutes after start and did not stop on SIGTERM.
+fn check_shards_fit(shards: usize, cpus: usize) -> Result<(), ConfigError> {
+    if shards > cpus {
+        return Err(ConfigError::Invalid {
+            key: "shards",
+            message: format!(
+                "{shards} shards need {shards} CPUs, and this process may run on {cpus}; use at most {cpus} (one shard per CPU)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// CPUs this process may run on (its affinity mask), at least 1.
 pub fn available_cpus() -> usize {
     allowed_cpus().len().max(1)
@@ -932,6 +950,17 @@ pub fn allowed_cpus() -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_beyond_cpus_rejected() {
+        assert!(check_shards_fit(2, 2).is_ok());
+        let message = check_shards_fit(64, 2)
+            .expect_err("64 shards on 2 CPUs")
+            .to_string();
+        assert!(message.contains("shards"), "{message}");
+        assert!(message.contains("64"), "{message}");
+        assert!(message.contains("at most 2"), "{message}");
+    }
 
     #[test]
     fn defaults_without_file() {

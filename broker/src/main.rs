@@ -86,7 +86,8 @@ struct Cli {
     /// upgrade request, each [default: 10].
     #[arg(long, value_name = "SECS")]
     handshake_timeout: Option<u64>,
-    /// Executors to run, one per core [default: every CPU the process may use].
+    /// Executors to run, one per core, at most the CPUs the process may use
+    /// [default: every CPU the process may use].
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
     /// Connections accepted at once over all listeners [default: 100000].
