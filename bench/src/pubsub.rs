@@ -26,6 +26,10 @@ use crate::stats::{Counters, SeqTracker};
 /// keep each write under about 64 KiB for small payloads.
 const PUBLISH_BATCH: u64 = 64;
 
+/// Payload bytes a publisher encodes into one write, at least one message.
+/// It keeps the batch of large payloads from taking 64 times their size.
+const PUBLISH_BATCH_BYTES: u64 = 64 * 1024;
+
 /// Bytes offered to each subscriber socket read.
 const SUBSCRIBER_READ_CHUNK: usize = 64 * 1024;
 
@@ -614,7 +618,8 @@ impl<'a> Publisher<'a> {
     /// Messages that may be sent now: those due by the rate, within the
     /// QoS 1/2 window, at most one batch.
     fn sendable(&self, now: u64) -> u64 {
-        let mut count = PUBLISH_BATCH;
+        let payload = self.template.payload_len as u64;
+        let mut count = PUBLISH_BATCH.min((PUBLISH_BATCH_BYTES / payload.max(1)).max(1));
         if self.rate > 0 {
             let due = ((u128::from(now - self.timeline.start_ns) * u128::from(self.rate))
                 / 1_000_000_000) as u64

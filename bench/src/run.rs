@@ -46,6 +46,11 @@ const DRAIN_QUIET: Duration = Duration::from_millis(500);
 /// reads it before it passes.
 const START_DELAY_NS: u64 = 20_000_000;
 
+/// Largest `--payload`: MQTT's largest remaining length, 268,435,455
+/// bytes, less 1 KiB for the topic, packet identifier and properties of
+/// the bench's PUBLISH packets, which stay far below that.
+const MAX_PAYLOAD: usize = 268_435_455 - 1024;
+
 /// Everything a run needs, checked and resolved from the command line.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -90,6 +95,12 @@ impl RunConfig {
                 args.payload
             )));
         }
+        if args.payload > MAX_PAYLOAD {
+            return Err(BenchError::InvalidArgument(format!(
+                "--payload {} is too large. The largest is {MAX_PAYLOAD} bytes, which fills an MQTT packet with the bench's topic",
+                args.payload
+            )));
+        }
         if args.threads == 0 {
             return Err(BenchError::InvalidArgument(
                 "--threads must be at least 1".into(),
@@ -99,6 +110,12 @@ impl RunConfig {
             Some(spec) => parse_cpu_list(spec)?,
             None => (0..args.threads).map(|i| i % available_cpus()).collect(),
         };
+        let allowed = allowed_cpus();
+        if let Some(cpu) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+            return Err(BenchError::InvalidArgument(format!(
+                "--cpus names CPU {cpu}, which this process may not run on. Use CPUs from {allowed:?}"
+            )));
+        }
         if cpus.len() < args.threads {
             return Err(BenchError::InvalidArgument(format!(
                 "--cpus names {} CPUs but --threads is {}; name one CPU per thread",
@@ -168,6 +185,22 @@ impl RunConfig {
 
 fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Lists the CPU numbers in this process's affinity mask, in ascending
+/// order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills in, and
+    // a zeroed cpu_set_t is its documented empty value.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..available_cpus()).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
+    }
 }
 
 /// Parses a CPU list such as `0,2-3`.

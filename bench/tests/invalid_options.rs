@@ -113,3 +113,49 @@ fn compare_invalid_scenario_exits_2() {
     assert!(stderr.contains("--qos"), "{stderr}");
     assert!(elapsed < BEFORE_ANY_RUN, "took {elapsed:?}");
 }
+
+#[test]
+fn oversized_payload_rejected() {
+    let port = common::free_port().to_string();
+    // The largest payload accepted is 1 KiB short of MQTT's largest
+    // remaining length. One byte more, and more still, are rejected.
+    for payload in ["268434432", "268435456", "300000000"] {
+        let args = [
+            "fanout",
+            "-S",
+            "1",
+            "-s",
+            payload,
+            "--port",
+            &port,
+            "--duration",
+            "10",
+        ];
+        let (code, stderr, elapsed) = bench(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("--payload"), "{args:?}: {stderr}");
+        assert!(stderr.contains(payload), "{args:?}: {stderr}");
+        assert!(elapsed < BEFORE_ANY_RUN, "{args:?} took {elapsed:?}");
+    }
+}
+
+#[test]
+fn unusable_cpu_rejected() {
+    let port = common::free_port().to_string();
+    let args = [
+        "fanout",
+        "-S",
+        "1",
+        "--cpus",
+        "4095",
+        "--port",
+        &port,
+        "--duration",
+        "10",
+    ];
+    let (code, stderr, elapsed) = bench(&args);
+    assert_eq!(code, 2, "{args:?}: {stderr}");
+    assert!(stderr.contains("--cpus"), "{args:?}: {stderr}");
+    assert!(stderr.contains("4095"), "{args:?}: {stderr}");
+    assert!(elapsed < BEFORE_ANY_RUN, "{args:?} took {elapsed:?}");
+}
