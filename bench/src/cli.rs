@@ -187,7 +187,8 @@ pub struct CommonArgs {
     /// QoS of publishes and subscriptions.
     #[arg(short = 'q', long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
-    /// Payload size in bytes, at least 20: publisher id, sequence number and send time.
+    /// Payload size in bytes: at least 20 (publisher id, sequence number and
+    /// send time), at most 268,434,431 (an MQTT packet's limit less 1 KiB).
     #[arg(short = 's', long, default_value_t = 64)]
     pub payload: usize,
     /// Messages per second per publisher; 0 sends as fast as the broker accepts them.
