@@ -302,8 +302,7 @@ pub struct LimitsConfig {
     /// 16 MiB. Beyond it, QoS 0 messages to sockets holding more than
     /// their share (half this value divided among the shard's connections,
     /// at least 4 KiB) are dropped. Sockets that have not drained for a
-    /// second count apart, against half this value, so a shard's output
-    /// buffers stay within about twice this value.
+    /// second count apart, against half this value.
     pub max_shard_output: Option<u64>,
     /// New connections per second accepted from one source IP address;
     /// default 0, which means no limit.

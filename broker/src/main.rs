@@ -158,8 +158,7 @@ struct Cli {
     /// value divided among the shard's connections, at least 4 KiB) are
     /// dropped.
     /// Sockets that have not drained for a second count apart, against
-    /// half this value, so output buffers stay within about twice this
-    /// value per shard [default: 16777216].
+    /// half this value [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     max_shard_output: Option<u64>,
     /// Seconds a socket may go without draining, while messages to it are
