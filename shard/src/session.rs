@@ -76,7 +76,9 @@ pub struct Session {
     next_packet_id: PacketId,
     /// Inbound QoS 2 packet identifiers awaiting PUBREL.
     pub incoming_qos2: HashSet<PacketId>,
-    pub will: Option<Will>,
+    /// The Will, boxed because most sessions have none, and inline it
+    /// would make each session 400 bytes larger.
+    pub will: Option<Box<Will>>,
     /// Outbound QoS 1/2 messages allowed in flight: the client's Receive
     /// Maximum, capped at [`Limits::max_inflight`].
     pub client_receive_maximum: u16,

@@ -196,7 +196,7 @@ impl Shard {
             let mut shard = self.state.borrow_mut();
             let mut session = shard.new_session(client_id.clone(), state.protocol);
             session.expiry_interval = state.expiry_interval;
-            session.will = will;
+            session.will = will.map(Box::new);
             session.incoming_qos2 = state.incoming_qos2.iter().copied().collect();
             session.log_seen = record.acked_offset(persist::LOG_QUEUE);
             for (filter, subscription) in &subscriptions {

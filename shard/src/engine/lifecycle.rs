@@ -68,7 +68,7 @@ impl ShardState {
                 info!(client_id = %client_id, old_peer = %old_conn.peer, "session taken over");
                 // The old connection closed without DISCONNECT 0x00, so its
                 // Will is due unless the session continues and the Will has a delay.
-                let will_delay = old.will.as_ref().map_or(0, will_delay);
+                let will_delay = old.will.as_deref().map_or(0, will_delay);
                 if connect.clean_start || will_delay == 0 {
                     if let Some(will) = old.will.take() {
                         self.publish_will(&old.client_id, will, now, outbox);
@@ -92,7 +92,7 @@ impl ShardState {
         session.protocol = connect.protocol;
         session.generation += 1;
         session.expiry_interval = expiry;
-        session.will = connect.will;
+        session.will = connect.will.map(Box::new);
         session.client_receive_maximum = connect
             .properties
             .receive_maximum
@@ -254,7 +254,7 @@ impl ShardState {
         &self,
         client_id: Arc<str>,
         generation: u64,
-        will: Will,
+        will: Box<Will>,
         delay: u32,
     ) {
         let this = self.this.clone();
@@ -320,7 +320,7 @@ impl ShardState {
     pub(super) fn publish_will(
         &mut self,
         client_id: &Arc<str>,
-        will: Will,
+        will: Box<Will>,
         now: Instant,
         outbox: &mut Outbox,
     ) {

@@ -113,7 +113,7 @@ pub fn session_record(session: &mut Session) -> SessionRecord {
         client_id: session.client_id.to_string(),
         expires_at,
         subscriptions: encode_subscriptions(&session.subscriptions),
-        will: session.will.as_ref().map(encode_will),
+        will: session.will.as_deref().map(encode_will),
         acked_offsets: vec![(LOG_QUEUE.to_owned(), acked)],
         inflight: encode_session_state(&state),
     }
