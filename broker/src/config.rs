@@ -425,6 +425,8 @@ impl Config {
             None => FileConfig::default(),
         };
         let config = Config::from_parts(file, overrides)?;
+        // Checked here rather than in `from_parts`, so that the checks of
+        // every other value do not depend on the machine's CPUs.
         check_shards_fit(config.shards, available_cpus())?;
         Ok(config)
     }
@@ -911,8 +913,8 @@ fn checked(
 }
 
 /// Rejects more shards than the `cpus` this process may run on. Each shard
-/// is an executor that expects a core of its own. Many executors on few
-/// cores starve each other: 64 shards on 2 CPUs kept both busy for
+/// is an executor that expects a core of its own, and many executors on
+/// few cores starve each other. 64 shards on 2 CPUs kept both busy for
 /// minutes after start and did not stop on SIGTERM.
 fn check_shards_fit(shards: usize, cpus: usize) -> Result<(), ConfigError> {
     if shards > cpus {

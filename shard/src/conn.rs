@@ -219,8 +219,8 @@ pub struct Conn {
     /// reply forced. A client that publishes, such as a request waiting for
     /// its response, may be waiting for its deliveries, so they are not
     /// held. The reply to its PUBLISH does not end that. Acknowledgements
-    /// of deliveries do not count: a QoS 1 subscriber only reads, and its
-    /// deliveries are batched.
+    /// of deliveries do not count, so a QoS 1 subscriber that only reads
+    /// still gets its deliveries batched.
     published: Cell<bool>,
     /// Bytes taken by the writer whose write has not finished. They count
     /// toward `output_limit` like buffered ones.
@@ -626,7 +626,8 @@ impl Conn {
     }
 
     /// Records that a PUBLISH arrived from the client, which makes the
-    /// output urgent until the next write (see [`Conn::is_urgent`]).
+    /// output urgent until a write that no reply forced (see
+    /// [`Conn::is_urgent`]).
     pub fn note_publish_received(&self) {
         if !self.published.replace(true) {
             if let Some(waker) = self.urgent_waker.take() {

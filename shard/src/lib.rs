@@ -45,8 +45,7 @@ pub enum DropPolicy {
 }
 
 /// Default of [`Limits::write_linger`], in microseconds. It adds at most
-/// 2.5 ms to a delivery on a busy socket, half of a 5 ms latency budget, in
-/// exchange for fewer writes.
+/// 2.5 ms to a delivery on a busy socket, in exchange for fewer writes.
 pub const DEFAULT_WRITE_LINGER_US: u64 = 2500;
 
 /// Default of [`Limits::read_pause`], in microseconds.

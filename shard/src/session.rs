@@ -76,8 +76,8 @@ pub struct Session {
     next_packet_id: PacketId,
     /// Inbound QoS 2 packet identifiers awaiting PUBREL.
     pub incoming_qos2: HashSet<PacketId>,
-    /// The Will, boxed because most sessions have none, and inline it
-    /// would make each session 400 bytes larger.
+    /// The client's Will. It is boxed because most sessions have none, and
+    /// an inline Will with its properties takes about 400 bytes.
     pub will: Option<Box<Will>>,
     /// Outbound QoS 1/2 messages allowed in flight: the client's Receive
     /// Maximum, capped at [`Limits::max_inflight`].

@@ -121,7 +121,8 @@ struct Outbox {
     messages: Vec<(ShardId, ShardMsg)>,
     acks: Vec<oneshot::Receiver<()>>,
     store: Vec<StoreOp>,
-    /// Persistent sessions whose stored records must be written first.
+    /// Persistent sessions whose records must be stored before the
+    /// acknowledgement that waits for this outbox.
     records: Vec<Arc<str>>,
     /// Acknowledgements owed to other shards once the rest is done.
     done: Vec<crate::mesh::Ack>,
@@ -450,7 +451,7 @@ impl Shard {
 
     /// Writes the stored record of the persistent session `client_id`, on
     /// behalf of `reply`, which must not go out before it. Returns false
-    /// when the store failed; the session stays dirty, so the flusher
+    /// when the store failed. The session then stays dirty, so the flusher
     /// tries again.
     async fn write_record_now(
         &self,
